@@ -1,0 +1,78 @@
+# pysparsek: pinned llama.cpp + Sparse-K patch series, built and driven from Python.
+# `make help` lists the targets.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BACKEND ?= cpu
+ifeq ($(GGML_CUDA),1)
+BACKEND := cuda
+endif
+PATCH_DIR ?= patches
+DEMO_TOPK ?= 16,64,256
+
+# cmake/ninja installed from PyPI into the venv are found too
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv source check-patches patch-tree refresh-patches stock-build patched-build builds \
+        demo test lint doctor clean distclean
+
+help:
+	@echo "make demo            build stock + patched llama.cpp and compare perplexity on SmolLM2 (the main job)"
+	@echo "make test            build both and run the test suite (what CI runs)"
+	@echo "make stock-build     llama.cpp at the pin                 (BACKEND=cpu|cuda, or GGML_CUDA=1)"
+	@echo "make patched-build   llama.cpp at the pin + patches/series"
+	@echo "make check-patches   apply the series to a clean copy of the pin (PATCH_DIR=... to check another)"
+	@echo "make patch-tree      git working copy of pin + series, one commit per patch, in build/patch-tree"
+	@echo "make refresh-patches regenerate patches/ from build/patch-tree with git format-patch"
+	@echo "make doctor          what would be built and loaded"
+	@echo "make lint            ruff"
+	@echo "make clean           remove build trees (keeps downloads and ccache); distclean removes all of build/"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(VENV)/bin/pip install -q -e '.[dev]'
+	@command -v cmake >/dev/null 2>&1 || $(VENV)/bin/pip install -q cmake
+	@command -v ninja >/dev/null 2>&1 || $(VENV)/bin/pip install -q ninja
+	touch $@
+
+source: venv
+	$(PY) -m pysparsek source
+
+check-patches: venv
+	$(PY) -m pysparsek check-patches --patch-dir $(PATCH_DIR)
+
+patch-tree: venv
+	$(PY) -m pysparsek patch-tree
+
+refresh-patches: venv
+	$(PY) -m pysparsek refresh-patches
+
+stock-build: venv
+	$(PY) -m pysparsek build --stock --backend $(BACKEND)
+
+patched-build: venv
+	$(PY) -m pysparsek build --patched --backend $(BACKEND)
+
+builds: stock-build patched-build
+
+demo: builds
+	$(PY) -m pysparsek compare --topk $(DEMO_TOPK) --backend $(BACKEND)
+
+test: builds
+	$(PY) -m pytest -ra
+
+lint: venv
+	$(VENV)/bin/ruff check pysparsek tests
+
+doctor: venv
+	$(PY) -m pysparsek doctor
+
+clean:
+	rm -rf build/stock build/patched
+
+distclean:
+	rm -rf build $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from pysparsek.cli import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""Stock vs patched-with-Sparse-K-off vs Sparse-K at each K: perplexity, KL divergence, top-1 agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pysparsek import build as builds
+from pysparsek import perplexity
+from pysparsek.perplexity import PerplexityResult, Settings
+
+
+@dataclass
+class SparseRow:
+    topk: int
+    result: PerplexityResult
+
+
+@dataclass
+class Comparison:
+    stock: PerplexityResult
+    disabled: PerplexityResult
+    identical: bool            # same printed chunks, same final, byte-identical log-prob files
+    sparse: list[SparseRow]
+
+    def table(self) -> str:
+        dense = self.stock.ppl
+        lines = [f"{'run':<22} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 agree %':>14}",
+                 f"{'stock':<22} {self.stock.final:>10} {'':>8} {'':>10} {'':>14}",
+                 f"{'patched, Sparse-K off':<22} {self.disabled.final:>10} {'':>8} {'':>10} {'':>14}"]
+        for row in self.sparse:
+            r = row.result
+            delta = 100.0 * (r.ppl - dense) / dense
+            lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {delta:>+8.2f} "
+                         f"{r.kld_mean:>10.6f} {r.same_top_pct:>14.3f}")
+        verdict = "IDENTICAL" if self.identical else "DIFFERENT"
+        lines.append(f"stock vs patched with Sparse-K off: {verdict} (per-chunk values, final estimate, log-probs)")
+        return "\n".join(lines)
+
+
+def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
+        quiet: bool = False) -> Comparison:
+    stock_build = builds.require("stock", backend)
+    patched_build = builds.require("patched", backend)
+    steps = tqdm(total=2 + len(topks), desc="perplexity", unit="run", disable=quiet)
+    with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
+        base_file = Path(tmp) / "stock.kld"
+        off_file = Path(tmp) / "patched-off.kld"
+        stock = perplexity.measure(stock_build, model, text, dataclasses.replace(settings, topk=None),
+                                   save_logits=base_file)
+        steps.update()
+        disabled = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=0),
+                                      save_logits=off_file)
+        steps.update()
+        identical = (stock.chunks == disabled.chunks and stock.final == disabled.final
+                     and filecmp.cmp(base_file, off_file, shallow=False))
+        sparse = []
+        for k in topks:
+            res = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=k),
+                                     kld_base=base_file)
+            sparse.append(SparseRow(k, res))
+            steps.update()
+    steps.close()
+    return Comparison(stock, disabled, identical, sparse)

@@ -1,0 +1,56 @@
+"""What this checkout would build and run with: pin, source, builds, backend, ccache, binding."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+
+from pysparsek import build as builds
+from pysparsek import patches, paths, source
+from pysparsek.pin import LLAMA_CPP_PIN
+
+
+def report() -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = [("llama.cpp pin", LLAMA_CPP_PIN)]
+    src = source.locate()
+    if src:
+        rows.append(("source", f"{src.origin}: {src.path} (commit verified)"))
+    elif source.submodule_populated():
+        rows.append(("source", "submodule present but NOT at the pin or modified"))
+    else:
+        rows.append(("source", "not fetched yet (next build downloads the llama-cpp-python sdist from PyPI)"))
+    try:
+        rows.append(("patch series", f"{len(patches.read_series())} patches, sha256 {patches.series_hash()[:16]}"))
+    except patches.PatchError as exc:
+        rows.append(("patch series", f"ERROR: {exc}"))
+    for flavor in ("stock", "patched"):
+        for backend in builds.BACKENDS:
+            b = builds.get(flavor, backend)
+            if b.exists():
+                state = f"built in {b.dir}"
+            elif b.dir.exists():
+                state = f"incomplete in {b.dir}"
+            else:
+                continue
+            rows.append((f"build {flavor}/{backend}", state))
+    if not any(k.startswith("build ") for k, _ in rows):
+        rows.append(("builds", "none yet (make stock-build patched-build)"))
+    rows.append(("backend", "cuda available (nvcc found)" if shutil.which("nvcc") else "cpu (no nvcc on PATH)"))
+    ccache = shutil.which("ccache")
+    rows.append(("ccache", f"on ({ccache}, cache {builds.ccache_env()['CCACHE_DIR']})" if ccache else "off (not installed)"))
+    rows.append(("ninja", shutil.which("ninja") or "not found (CMake's default generator is used)"))
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+        patched = builds.get("patched")
+        lib = patched.lib_dir / "libllama.so"
+        target = str(lib) if lib.is_file() else "the patched build's libllama.so once it is built"
+        rows.append(("llama-cpp-python", f"{version}; pysparsek.llm binds it to {target}"))
+    except importlib.metadata.PackageNotFoundError:
+        rows.append(("llama-cpp-python", "not installed"))
+    rows.append(("build dir", str(paths.build_root())))
+    return rows
+
+
+def render(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,110 @@
+"""Run llama-perplexity and read its results (it has no machine-readable output format, so its fixed
+`[i]value,` and `Final estimate:` lines are parsed)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pysparsek.build import Build
+from pysparsek.proc import ToolError, run, tail
+
+_CHUNK = re.compile(r"\[(\d+)\](-?[0-9.]+|nan|inf),")
+_FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+|nan|inf) \+/- ([0-9.]+|nan|inf)")
+_KLD = re.compile(r"Mean\s+KLD:\s+(-?[0-9.]+)\s+±\s+([0-9.]+)")
+_SAME_TOP = re.compile(r"Same top p:\s+([0-9.]+)\s+±\s+([0-9.]+) %")
+_PPL_Q = re.compile(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)\s+±\s+([0-9.]+)")
+
+
+class PerplexityError(RuntimeError):
+    """llama-perplexity failed or printed nothing parseable."""
+
+
+@dataclass
+class PerplexityResult:
+    chunks: list[str]           # running estimates as printed (exact text, for identity checks)
+    final: str                  # "PPL" as printed
+    final_stderr: str
+    output: str = field(repr=False)
+    kld_mean: float | None = None
+    kld_stderr: float | None = None
+    same_top_pct: float | None = None
+
+    @property
+    def ppl(self) -> float:
+        return float(self.final)
+
+
+@dataclass(frozen=True)
+class Settings:
+    ctx: int = 512
+    chunks: int = 4
+    batch: int = 2048
+    ubatch: int = 512
+    threads: int | None = None
+    flash_attn: str = "off"        # on | off | auto
+    topk: int | None = None        # None: leave the model's metadata alone
+    window: int | None = None
+    stride: int | None = None
+    sinks: int | None = None
+    mode: str | None = None
+    extra: tuple[str, ...] = ()
+
+    def sparsek_args(self) -> list[str]:
+        args: list[str] = []
+        for flag, value in (("--sparsek-topk", self.topk), ("--sparsek-window", self.window),
+                            ("--sparsek-stride", self.stride), ("--sparsek-sinks", self.sinks),
+                            ("--sparsek-mode", self.mode)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+
+def command(build: Build, model: Path, text: Path, s: Settings) -> list[str]:
+    cmd = [str(build.tool("llama-perplexity")), "-m", str(model), "-f", str(text), "-c", str(s.ctx),
+           "--chunks", str(s.chunks), "-b", str(s.batch), "-ub", str(s.ubatch), "-fa", s.flash_attn,
+           "--no-warmup", "-ngl", "99" if build.backend == "cuda" else "0"]
+    if s.threads:
+        cmd += ["-t", str(s.threads)]
+    return cmd + s.sparsek_args() + list(s.extra)
+
+
+def parse(output: str) -> PerplexityResult:
+    final = _FINAL.search(output)
+    if not final:
+        raise PerplexityError(f"llama-perplexity printed no final estimate:\n{tail(output)}")
+    res = PerplexityResult(chunks=[m.group(2) for m in _CHUNK.finditer(output)], final=final.group(1),
+                           final_stderr=final.group(2), output=output)
+    if kld := _KLD.search(output):
+        res.kld_mean, res.kld_stderr = float(kld.group(1)), float(kld.group(2))
+    if same := _SAME_TOP.search(output):
+        res.same_top_pct = float(same.group(1))
+    return res
+
+
+def parse_kld(output: str) -> PerplexityResult:
+    """Output of a --kl-divergence run, which reports PPL(Q) instead of a final estimate."""
+    ppl = _PPL_Q.search(output)
+    kld = _KLD.search(output)
+    if not ppl or not kld:
+        raise PerplexityError(f"llama-perplexity --kl-divergence printed no summary:\n{tail(output)}")
+    same = _SAME_TOP.search(output)
+    return PerplexityResult(chunks=[], final=ppl.group(1), final_stderr=ppl.group(2), output=output,
+                            kld_mean=float(kld.group(1)), kld_stderr=float(kld.group(2)),
+                            same_top_pct=float(same.group(1)) if same else None)
+
+
+def measure(build: Build, model: Path, text: Path, s: Settings, *, save_logits: Path | None = None,
+            kld_base: Path | None = None) -> PerplexityResult:
+    """Perplexity of `model` on `text`; save_logits writes a KL-divergence base file, kld_base compares to one."""
+    cmd = command(build, model, text, s)
+    if save_logits is not None:
+        cmd += ["--kl-divergence-base", str(save_logits)]
+    if kld_base is not None:
+        cmd += ["--kl-divergence-base", str(kld_base), "--kl-divergence"]
+    try:
+        proc = run(cmd)
+    except ToolError as exc:
+        raise PerplexityError(str(exc)) from exc
+    return parse_kld(proc.stdout) if kld_base is not None else parse(proc.stdout)

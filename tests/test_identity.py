@@ -1,0 +1,70 @@
+"""Patched-but-disabled and K >= context must give exactly stock's perplexity output, on both attention paths."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+
+from pysparsek import perplexity
+from pysparsek.build import Build
+from pysparsek.perplexity import Settings
+
+pytestmark = [pytest.mark.build, pytest.mark.slow]
+
+CTX = 256
+CHUNKS = 3
+
+
+def _run(build: Build, model: Path, text: Path, out: Path, **kw: object) -> perplexity.PerplexityResult:
+    settings = Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, **kw)  # 4 sequences per batch
+    return perplexity.measure(build, model, text, settings, save_logits=out)
+
+
+def _assert_identical(a: perplexity.PerplexityResult, b: perplexity.PerplexityResult, fa: Path, fb: Path) -> None:
+    assert len(a.chunks) == CHUNKS
+    assert a.chunks == b.chunks
+    assert (a.final, a.final_stderr) == (b.final, b.final_stderr)
+    assert filecmp.cmp(fa, fb, shallow=False), "per-token log-probabilities differ"
+
+
+@pytest.fixture(scope="module", params=["off", "on"], ids=["softmax", "flash-attn"])
+def stock_run(request: pytest.FixtureRequest, stock_build: Build, model: Path, short_text: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[str, perplexity.PerplexityResult, Path]:
+    out = tmp_path_factory.mktemp("stock") / "logprobs.bin"
+    return request.param, _run(stock_build, model, short_text, out, flash_attn=request.param), out
+
+
+def test_patched_with_sparsek_off_equals_stock(stock_run, patched_build: Build, model: Path, short_text: Path,
+                                               tmp_path: Path) -> None:
+    fa, stock, stock_file = stock_run
+    out = tmp_path / "patched.bin"
+    res = _run(patched_build, model, short_text, out, flash_attn=fa, topk=0)
+    _assert_identical(stock, res, stock_file, out)
+
+
+def test_patched_without_flags_equals_stock(stock_run, patched_build: Build, model: Path, short_text: Path,
+                                            tmp_path: Path) -> None:
+    fa, stock, stock_file = stock_run
+    out = tmp_path / "patched.bin"
+    res = _run(patched_build, model, short_text, out, flash_attn=fa)
+    _assert_identical(stock, res, stock_file, out)
+
+
+@pytest.mark.parametrize("topk", [CTX, 4 * CTX])
+def test_topk_at_least_context_equals_stock(stock_run, patched_build: Build, model: Path, short_text: Path,
+                                            tmp_path: Path, topk: int) -> None:
+    # 4 sequences share the unified cache, so n_kv > CTX: the op runs and must leave every row unchanged
+    fa, stock, stock_file = stock_run
+    out = tmp_path / "patched.bin"
+    res = _run(patched_build, model, short_text, out, flash_attn=fa, topk=topk, mode="group")
+    _assert_identical(stock, res, stock_file, out)
+
+
+def test_small_topk_changes_the_result(stock_run, patched_build: Build, model: Path, short_text: Path,
+                                       tmp_path: Path) -> None:
+    fa, stock, _ = stock_run
+    res = _run(patched_build, model, short_text, tmp_path / "k8.bin", flash_attn=fa, topk=8)
+    assert res.final != stock.final
+    assert res.ppl > stock.ppl  # attending to 8 cells loses information
