@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
+import sys
 
 import pytest
 
@@ -20,12 +20,17 @@ def test_build_has_every_tool(flavor: str) -> None:
     assert (b.lib_dir / "libllama.so").is_file()
 
 
+def _exported(lib: str, names: list[str]) -> list[bool]:
+    # each library in its own process: libllama finds libggml by soname, and one process holds one of each
+    code = "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); print(*[hasattr(lib, n) for n in sys.argv[2:]])"
+    out = subprocess.run([sys.executable, "-c", code, lib, *names], capture_output=True, text=True, check=True)
+    return [v == "True" for v in out.stdout.split()]
+
+
 def test_only_the_patched_library_has_the_sparsek_api(stock_build: builds.Build, patched_build: builds.Build) -> None:
-    stock = ctypes.CDLL(str(stock_build.lib_dir / "libllama.so"))
-    patched = ctypes.CDLL(str(patched_build.lib_dir / "libllama.so"))
-    for name in ("llama_set_sparsek", "llama_get_sparsek", "llama_model_sparsek_params"):
-        assert hasattr(patched, name)
-        assert not hasattr(stock, name)
+    names = ["llama_set_sparsek", "llama_get_sparsek", "llama_model_sparsek_params"]
+    assert _exported(str(patched_build.lib_dir / "libllama.so"), names) == [True] * 3
+    assert _exported(str(stock_build.lib_dir / "libllama.so"), names) == [False] * 3
 
 
 def test_second_build_has_nothing_to_do(patched_build: builds.Build) -> None:

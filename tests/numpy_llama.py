@@ -1,0 +1,125 @@
+"""An independent Llama forward pass in NumPy (no ggml) with the documented Sparse-K rule.
+
+Weights are read and dequantized from the GGUF file with the gguf package. It exists to check the patched
+llama.cpp against an implementation that shares none of its code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+
+@dataclass
+class LlamaWeights:
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    rope_base: float
+    eps: float
+    tensors: dict[str, np.ndarray]
+
+
+def _field(reader: gguf.GGUFReader, name: str):
+    field = reader.get_field(name)
+    if field is None:
+        raise KeyError(name)
+    return field.contents()
+
+
+def load(path: Path) -> LlamaWeights:
+    reader = gguf.GGUFReader(path)
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"only the llama architecture is implemented, not {arch}")
+    tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors}
+    return LlamaWeights(
+        n_layer=int(_field(reader, "llama.block_count")),
+        n_head=int(_field(reader, "llama.attention.head_count")),
+        n_head_kv=int(_field(reader, "llama.attention.head_count_kv")),
+        rope_base=float(_field(reader, "llama.rope.freq_base")),
+        eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        tensors=tensors,
+    )
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def _rope(x: np.ndarray, base: float) -> np.ndarray:
+    """llama.cpp's 'normal' RoPE: rotates adjacent pairs (GGUF conversion permutes Q/K weights for it)."""
+    n_tok, n_h, d = x.shape
+    pos = np.arange(n_tok, dtype=np.float64)[:, None]
+    theta = pos * base ** (-np.arange(0, d, 2, dtype=np.float64) / d)[None, :]
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]]) -> np.ndarray:
+    """Kept cells for causal scores [n_head, n_tok, n_tok]: top_k per set of heads (pooled by max), ties to the
+    lowest position, rows with <= top_k visible cells kept whole."""
+    n_head, n_tok, _ = scores.shape
+    keep = np.zeros_like(scores, dtype=bool)
+    for heads in sets:
+        pooled = scores[heads].max(axis=0)
+        for t in range(n_tok):
+            if t + 1 <= top_k:
+                keep[heads, t, : t + 1] = True
+                continue
+            order = np.argsort(-pooled[t, : t + 1], kind="stable")[:top_k]
+            keep[np.ix_(heads, [t], order)] = True
+    return keep
+
+
+def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head") -> np.ndarray:
+    t = w.tensors
+    n_tok = len(tokens)
+    x = t["token_embd.weight"][tokens].astype(np.float64)
+    d = x.shape[1] // w.n_head
+    group = w.n_head // w.n_head_kv
+    sets = {"head": [[h] for h in range(w.n_head)],
+            "group": [list(range(g * group, (g + 1) * group)) for g in range(w.n_head_kv)],
+            "token": [list(range(w.n_head))]}[mode]
+    causal = np.tril(np.ones((n_tok, n_tok), dtype=bool))
+    for il in range(w.n_layer):
+        p = f"blk.{il}."
+        h = _rms_norm(x, t[p + "attn_norm.weight"], w.eps)
+        q = _rope((h @ t[p + "attn_q.weight"].T).reshape(n_tok, w.n_head, d), w.rope_base)
+        k = _rope((h @ t[p + "attn_k.weight"].T).reshape(n_tok, w.n_head_kv, d), w.rope_base)
+        v = (h @ t[p + "attn_v.weight"].T).reshape(n_tok, w.n_head_kv, d)
+        k = np.repeat(k, group, axis=1)
+        v = np.repeat(v, group, axis=1)
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
+        allowed = np.broadcast_to(causal, scores.shape)
+        if top_k > 0:
+            allowed = allowed & sparsek_keep(np.where(causal, scores, -np.inf), top_k, sets)
+        scores = np.where(allowed, scores, -np.inf)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        attn = np.einsum("hqk,khd->qhd", probs, v).reshape(n_tok, -1)
+        x = x + attn @ t[p + "attn_output.weight"].T
+        h = _rms_norm(x, t[p + "ffn_norm.weight"], w.eps)
+        gate = h @ t[p + "ffn_gate.weight"].T
+        x = x + ((gate / (1.0 + np.exp(-gate))) * (h @ t[p + "ffn_up.weight"].T)) @ t[p + "ffn_down.weight"].T
+    x = _rms_norm(x, t["output_norm.weight"], w.eps)
+    out = t.get("output.weight", t["token_embd.weight"])
+    return x @ out.T
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean KL(P || Q) over rows."""
+    lp, lq = log_softmax(p_logits.astype(np.float64)), log_softmax(q_logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))

@@ -1,0 +1,96 @@
+"""llama-cpp-python on the patched library, with Sparse-K set through the new C API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pysparsek import build as builds
+from pysparsek import corpus, llm
+
+pytestmark = pytest.mark.build
+
+N_CTX = 512
+
+
+@pytest.fixture(scope="module")
+def prompt_tokens(model: Path, patched_build: builds.Build) -> list[int]:
+    base = llm.load(model, n_ctx=N_CTX, n_threads=2)
+    text = corpus.default_text().read_text(encoding="utf-8")[:3000]
+    tokens = base.tokenize(text.encode())[:300]
+    base.close()
+    return tokens
+
+
+def _logits(model: Path, tokens: list[int], **sparsek: object) -> np.ndarray:
+    m = llm.load(model, n_ctx=N_CTX, n_threads=2, logits_all=True, **sparsek)
+    m.eval(tokens)
+    out = np.array(m.scores[: len(tokens)], copy=True)
+    m.close()
+    return out
+
+
+def _greedy(model: Path, tokens: list[int], n: int, **sparsek: object) -> list[int]:
+    m = llm.load(model, n_ctx=N_CTX, n_threads=2, **sparsek)
+    out = []
+    for tok in m.generate(tokens, top_k=1, temp=0.0):
+        out.append(tok)
+        if len(out) == n:
+            break
+    m.close()
+    return out
+
+
+def test_llama_cpp_runs_on_the_patched_library(patched_build: builds.Build, model: Path) -> None:
+    llm.bind()
+    assert llm.loaded_library_path().resolve() == (patched_build.lib_dir / "libllama.so").resolve()
+    assert llm.has_sparsek_api()
+
+
+def test_settings_round_trip_and_validation(model: Path) -> None:
+    m = llm.load(model, n_ctx=N_CTX, n_threads=2)
+    assert llm.get_sparsek(m) == llm.Sparsek()  # SmolLM2 has no Sparse-K metadata: off
+    want = llm.Sparsek(top_k=32, window=8, stride=64, sinks=4, mode="group")
+    llm.set_sparsek(m, want)
+    assert llm.get_sparsek(m) == want
+    with pytest.raises(ValueError):
+        llm.set_sparsek(m, llm.Sparsek(top_k=-1))
+    with pytest.raises(ValueError):
+        llm.set_sparsek(m, llm.Sparsek(top_k=8, mode="diagonal"))
+    assert llm.get_sparsek(m) == want  # rejected settings leave the old ones
+    m.close()
+
+
+def test_topk_at_least_context_gives_identical_logits(model: Path, prompt_tokens: list[int]) -> None:
+    dense = _logits(model, prompt_tokens)
+    full = _logits(model, prompt_tokens, topk=N_CTX, mode="token")
+    assert np.array_equal(dense, full)
+
+
+def test_small_topk_changes_logits_and_generation(model: Path, prompt_tokens: list[int]) -> None:
+    dense = _logits(model, prompt_tokens)
+    sparse = _logits(model, prompt_tokens, topk=4)
+    # rows with <= 4 visible cells are unchanged; later ones must differ
+    assert np.array_equal(dense[:4], sparse[:4])
+    assert not np.allclose(dense[50:], sparse[50:])
+    assert _greedy(model, prompt_tokens, 24, topk=2) != _greedy(model, prompt_tokens, 24)
+
+
+def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_tokens: list[int]) -> None:
+    """A reused graph must not keep the old Sparse-K setting."""
+    m = llm.load(model, n_ctx=N_CTX, n_threads=2, logits_all=True)
+    m.eval(prompt_tokens)
+    dense = np.array(m.scores[: len(prompt_tokens)], copy=True)
+    m.reset()
+    llm.set_sparsek(m, llm.Sparsek(top_k=4))
+    m.eval(prompt_tokens)
+    sparse = np.array(m.scores[: len(prompt_tokens)], copy=True)
+    m.reset()
+    llm.set_sparsek(m, llm.Sparsek(top_k=0))
+    m.eval(prompt_tokens)
+    again = np.array(m.scores[: len(prompt_tokens)], copy=True)
+    m.close()
+    assert not np.allclose(dense[50:], sparse[50:])
+    assert np.array_equal(dense, again)
