@@ -63,9 +63,10 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
-def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]]) -> np.ndarray:
+def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]], lowest: bool = False) -> np.ndarray:
     """Kept cells for causal scores [n_head, n_tok, n_tok]: top_k per set of heads (pooled by max), ties to the
-    lowest position, rows with <= top_k visible cells kept whole."""
+    lowest position, rows with <= top_k visible cells kept whole. `lowest` keeps the K lowest scores instead: a
+    deliberately wrong rule, to show that the comparison can tell."""
     n_head, n_tok, _ = scores.shape
     keep = np.zeros_like(scores, dtype=bool)
     for heads in sets:
@@ -74,12 +75,17 @@ def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]]) -> np.nd
             if t + 1 <= top_k:
                 keep[heads, t, : t + 1] = True
                 continue
-            order = np.argsort(-pooled[t, : t + 1], kind="stable")[:top_k]
+            row = pooled[t, : t + 1]
+            order = np.argsort(row if lowest else -row, kind="stable")[:top_k]
             keep[np.ix_(heads, [t], order)] = True
     return keep
 
 
-def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head") -> np.ndarray:
+def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
+           selection_noise: float = 0.0) -> np.ndarray:
+    """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
+    to measure how sensitive the result is to near-ties."""
+    rng = np.random.default_rng(0)
     t = w.tensors
     n_tok = len(tokens)
     x = t["token_embd.weight"][tokens].astype(np.float64)
@@ -95,12 +101,17 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         q = _rope((h @ t[p + "attn_q.weight"].T).reshape(n_tok, w.n_head, d), w.rope_base)
         k = _rope((h @ t[p + "attn_k.weight"].T).reshape(n_tok, w.n_head_kv, d), w.rope_base)
         v = (h @ t[p + "attn_v.weight"].T).reshape(n_tok, w.n_head_kv, d)
+        # the KV cache holds K and V in F16 (llama.cpp default): round them the same way
+        k = k.astype(np.float16).astype(np.float64)
+        v = v.astype(np.float16).astype(np.float64)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
         allowed = np.broadcast_to(causal, scores.shape)
         if top_k > 0:
-            allowed = allowed & sparsek_keep(np.where(causal, scores, -np.inf), top_k, sets)
+            seen = scores + rng.normal(0.0, selection_noise, scores.shape) if selection_noise else scores
+            allowed = allowed & sparsek_keep(np.where(causal, seen, np.nan if lowest else -np.inf), top_k, sets,
+                                             lowest)
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
