@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
         demo test lint doctor clean distclean
 
 help:
-	@echo "make demo            build stock + patched llama.cpp and compare perplexity on SmolLM2 (the main job)"
+	@echo "make demo            build stock + patched llama.cpp, then pysparsek bench on SmolLM2 (the main job)"
 	@echo "make test            build both and run the test suite (what CI runs)"
 	@echo "make stock-build     llama.cpp at the pin                 (BACKEND=cpu|cuda, or GGML_CUDA=1)"
 	@echo "make patched-build   llama.cpp at the pin + patches/series"
@@ -34,7 +34,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(VENV)/bin/pip install -q -e '.[dev]'
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(VENV)/bin/pip install -q -e '.[dev,convert]'
 	@command -v cmake >/dev/null 2>&1 || $(VENV)/bin/pip install -q cmake
 	@command -v ninja >/dev/null 2>&1 || $(VENV)/bin/pip install -q ninja
 	touch $@
@@ -60,7 +60,7 @@ patched-build: venv
 builds: stock-build patched-build
 
 demo: builds
-	$(PY) -m pysparsek compare --topk $(DEMO_TOPK) --backend $(BACKEND)
+	$(PY) -m pysparsek bench --topk $(DEMO_TOPK) --backend $(BACKEND)
 
 test: builds
 	$(PY) -m pytest -ra

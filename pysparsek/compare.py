@@ -51,8 +51,7 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
     with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
         base_file = Path(tmp) / "stock.kld"
         off_file = Path(tmp) / "patched-off.kld"
-        stock = perplexity.measure(stock_build, model, text, dataclasses.replace(settings, topk=None),
-                                   save_logits=base_file)
+        stock = perplexity.measure(stock_build, model, text, settings.without_sparsek(), save_logits=base_file)
         steps.update()
         disabled = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=0),
                                       save_logits=off_file)

@@ -37,7 +37,8 @@ def report() -> list[tuple[str, str]]:
         rows.append(("builds", "none yet (make stock-build patched-build)"))
     rows.append(("backend", "cuda available (nvcc found)" if shutil.which("nvcc") else "cpu (no nvcc on PATH)"))
     ccache = shutil.which("ccache")
-    rows.append(("ccache", f"on ({ccache}, cache {builds.ccache_env()['CCACHE_DIR']})" if ccache else "off (not installed)"))
+    cache_dir = builds.ccache_env()["CCACHE_DIR"]
+    rows.append(("ccache", f"on ({ccache}, cache {cache_dir})" if ccache else "off (not installed)"))
     rows.append(("ninja", shutil.which("ninja") or "not found (CMake's default generator is used)"))
     try:
         version = importlib.metadata.version("llama-cpp-python")

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pysparsek.build import Build
-from pysparsek.proc import ToolError, run, tail
+from pysparsek.proc import run, tail
 
 _CHUNK = re.compile(r"\[(\d+)\](-?[0-9.]+|nan|inf),")
 _FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+|nan|inf) \+/- ([0-9.]+|nan|inf)")
 _KLD = re.compile(r"Mean\s+KLD:\s+(-?[0-9.]+)\s+±\s+([0-9.]+)")
 _SAME_TOP = re.compile(r"Same top p:\s+([0-9.]+)\s+±\s+([0-9.]+) %")
+_TOO_SHORT = re.compile(r"you need at least (\d+) tokens to evaluate perplexity with a context of (\d+)")
 _PPL_Q = re.compile(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)\s+±\s+([0-9.]+)")
 
 
@@ -50,6 +52,10 @@ class Settings:
     sinks: int | None = None
     mode: str | None = None
     extra: tuple[str, ...] = ()
+
+    def without_sparsek(self) -> Settings:
+        """The same run for a build that has no Sparse-K flags (stock)."""
+        return dataclasses.replace(self, topk=None, window=None, stride=None, sinks=None, mode=None)
 
     def sparsek_args(self) -> list[str]:
         args: list[str] = []
@@ -103,8 +109,12 @@ def measure(build: Build, model: Path, text: Path, s: Settings, *, save_logits: 
         cmd += ["--kl-divergence-base", str(save_logits)]
     if kld_base is not None:
         cmd += ["--kl-divergence-base", str(kld_base), "--kl-divergence"]
-    try:
-        proc = run(cmd)
-    except ToolError as exc:
-        raise PerplexityError(str(exc)) from exc
+    proc = run(cmd, check=False)
+    # llama-perplexity may exit 0 after refusing a short text, so look for its message either way
+    short = _TOO_SHORT.search(proc.stdout)
+    if short:
+        raise PerplexityError(f"the text {text} is too short: llama-perplexity needs at least {short.group(1)} "
+                              f"tokens (2 x the context of {short.group(2)})")
+    if proc.returncode != 0:
+        raise PerplexityError(f"llama-perplexity failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail(proc.stdout)}")
     return parse_kld(proc.stdout) if kld_base is not None else parse(proc.stdout)

@@ -52,7 +52,7 @@ def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 def _rope(x: np.ndarray, base: float) -> np.ndarray:
     """llama.cpp's 'normal' RoPE: rotates adjacent pairs (GGUF conversion permutes Q/K weights for it)."""
-    n_tok, n_h, d = x.shape
+    n_tok, _, d = x.shape
     pos = np.arange(n_tok, dtype=np.float64)[:, None]
     theta = pos * base ** (-np.arange(0, d, 2, dtype=np.float64) / d)[None, :]
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
@@ -67,7 +67,7 @@ def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]], lowest: 
     """Kept cells for causal scores [n_head, n_tok, n_tok]: top_k per set of heads (pooled by max), ties to the
     lowest position, rows with <= top_k visible cells kept whole. `lowest` keeps the K lowest scores instead: a
     deliberately wrong rule, to show that the comparison can tell."""
-    n_head, n_tok, _ = scores.shape
+    n_tok = scores.shape[1]
     keep = np.zeros_like(scores, dtype=bool)
     for heads in sets:
         pooled = scores[heads].max(axis=0)

@@ -1,0 +1,180 @@
+"""`pysparsek bench`: what Sparse-K costs in quality and buys in speed, for one model on this machine.
+
+Quality (llama-perplexity): stock, patched with Sparse-K off (must be identical), and each K: PPL, KL divergence
+against stock, top-1 agreement. Speed (llama-bench -o json): dense and each K, prompt processing and generation at
+each depth, interleaved over rounds so drift hits all of them; ratios are medians of same-round ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pysparsek import __version__, compare, machine, patches, speed
+from pysparsek import build as builds
+from pysparsek.models import sha256_file
+from pysparsek.perplexity import Settings
+from pysparsek.pin import LLAMA_CPP_PIN
+
+SCHEMA = "pysparsek.bench/1"
+
+
+@dataclass
+class BenchOptions:
+    model: Path
+    text: Path
+    topks: list[int]
+    ctx: int = 512
+    chunks: int = 8
+    threads: int | None = None
+    ngl: int = 0
+    flash_attn: bool = True
+    batch: int = 2048
+    ubatch: int = 512
+    window: int = 0
+    stride: int = 0
+    sinks: int = 0
+    mode: str = "head"
+    depths: list[int] = field(default_factory=lambda: [0, 2048])
+    n_prompt: int = 512
+    n_gen: int = 32
+    reps: int = 2
+    rounds: int = 2
+    backend: str = "cpu"
+    quiet: bool = False
+    skip_speed: bool = False
+
+
+def _settings(o: BenchOptions) -> Settings:
+    return Settings(ctx=o.ctx, chunks=o.chunks, batch=o.batch, ubatch=o.ubatch, threads=o.threads,
+                    flash_attn="on" if o.flash_attn else "off", window=o.window or None, stride=o.stride or None,
+                    sinks=o.sinks or None, mode=o.mode)
+
+
+def quality_json(c: compare.Comparison) -> dict[str, Any]:
+    def ppl(r) -> dict[str, Any]:
+        return {"ppl": r.ppl, "ppl_stderr": float(r.final_stderr), "chunks": [float(v) for v in r.chunks]}
+
+    dense = c.stock.ppl
+    return {
+        "stock": ppl(c.stock),
+        "patched_off": ppl(c.disabled),
+        "identical": c.identical,
+        "sparse": [{"top_k": row.topk, "ppl": row.result.ppl, "ppl_stderr": float(row.result.final_stderr),
+                    "delta_ppl_pct": 100.0 * (row.result.ppl - dense) / dense, "kl_mean": row.result.kld_mean,
+                    "kl_stderr": row.result.kld_stderr, "top1_agreement_pct": row.result.same_top_pct}
+                   for row in c.sparse],
+    }
+
+
+def speed_json(rows: list[speed.Ratio], meas: list[speed.Measurement]) -> dict[str, Any]:
+    dense = [m for m in meas if m.config.top_k == 0]
+    return {
+        "dense": [{"test": m.test, "depth": m.depth, "tokens_per_s": m.median_ts, "samples_ts": m.samples_ts}
+                  for m in dense],
+        "sparse": [{"top_k": r.config.top_k, "mode": r.config.mode, "window": r.config.window, "test": r.test,
+                    "depth": r.depth, "tokens_per_s": r.ts, "dense_tokens_per_s": r.dense_ts, "ratio": r.ratio,
+                    "ratio_min": r.spread[0], "ratio_max": r.spread[1],
+                    "samples_ts": next(m.samples_ts for m in meas if (m.config, m.test, m.depth) ==
+                                       (r.config, r.test, r.depth))}
+                   for r in rows if r.config.top_k > 0],
+    }
+
+
+def run(o: BenchOptions) -> dict[str, Any]:
+    """Measure everything and return the results document (see docs in README, 'results.json')."""
+    if o.backend == "cuda" and not machine.gpus():
+        raise builds.BuildError("backend 'cuda' requested, but no NVIDIA GPU is visible here (nvidia-smi lists none)")
+    patched = builds.require("patched", o.backend)
+    builds.require("stock", o.backend)
+    settings = _settings(o)
+    quality = compare.run(o.model, o.text, settings, o.topks, backend=o.backend, quiet=o.quiet)
+
+    records: list[dict[str, Any]] = []
+    speed_doc: dict[str, Any] = {"dense": [], "sparse": []}
+    if not o.skip_speed:
+        configs = [speed.Config()] + [speed.Config(k, o.mode, o.window) for k in o.topks]
+        bar = tqdm(total=o.rounds * len(configs), desc="llama-bench", unit="run", disable=o.quiet)
+
+        def step(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update()
+
+        meas = speed.interleaved(patched, o.model, configs, rounds=o.rounds, n_prompt=o.n_prompt, n_gen=o.n_gen,
+                                 depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn,
+                                 ngl=o.ngl, progress=step)
+        bar.close()
+        speed_doc = speed_json(speed.ratios(meas), meas)
+        records = [rec for m in meas for rec in m.records]
+
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(o).items()}
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pysparsek_version": __version__,
+        "machine": machine.describe(),
+        "backend": o.backend,
+        "llama_cpp_pin": LLAMA_CPP_PIN,
+        "patch_series_sha256": patches.series_hash(),
+        "model": {"path": str(o.model), "sha256": sha256_file(o.model), "size_bytes": o.model.stat().st_size},
+        "text": {"path": str(o.text), "sha256": sha256_file(o.text)},
+        "options": options,
+        "quality": quality_json(quality),
+        "speed": speed_doc,
+        "llama_bench_records": records,
+    }
+
+
+def quality_table(doc: dict[str, Any]) -> str:
+    q = doc["quality"]
+    lines = [f"{'K':>8} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 %':>8}",
+             f"{'dense':>8} {q['stock']['ppl']:>10.4f} {'':>8} {'':>10} {'':>8}"]
+    for s in q["sparse"]:
+        lines.append(f"{s['top_k']:>8} {s['ppl']:>10.4f} {s['delta_ppl_pct']:>+8.2f} {s['kl_mean']:>10.6f} "
+                     f"{s['top1_agreement_pct']:>8.2f}")
+    lines.append("patched with Sparse-K off vs stock: " + ("identical" if q["identical"] else "DIFFERENT"))
+    return "\n".join(lines)
+
+
+def speed_table(doc: dict[str, Any]) -> str:
+    sp = doc["speed"]
+    if not sp["dense"]:
+        return "(speed not measured)"
+    lines = [f"{'K':>8} {'mode':>6} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} "
+             f"{'spread':>13}"]
+    for s in sorted(sp["sparse"], key=lambda s: (s["test"], s["depth"], s["top_k"])):
+        spread = f"{s['ratio_min']:>6.3f}-{s['ratio_max']:<6.3f}"
+        lines.append(f"{s['top_k']:>8} {s['mode']:>6} {s['test']:>6} {s['depth']:>6} {s['tokens_per_s']:>9.2f} "
+                     f"{s['dense_tokens_per_s']:>10.2f} {s['ratio']:>7.3f} {spread}")
+    return "\n".join(lines)
+
+
+def header(doc: dict[str, Any]) -> str:
+    o = doc["options"]
+    return (f"model {Path(doc['model']['path']).name} (sha256 {doc['model']['sha256'][:12]}), "
+            f"text {Path(doc['text']['path']).name}, ctx {o['ctx']}, {o['chunks']} chunks, "
+            f"flash attention {'on' if o['flash_attn'] else 'off'}, mode {o['mode']}, backend {doc['backend']}\n"
+            f"machine: {machine.one_line(doc['machine'])}\n"
+            f"llama.cpp {doc['llama_cpp_pin'][:12]} + patch series {doc['patch_series_sha256'][:12]}")
+
+
+def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
+    """results.json, report.md and the plots in out/."""
+    from pysparsek import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json", out / "report.md"]
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    written += plots.write(doc, out)
+    md = ["# pysparsek bench", "", "```", header(doc), "```", "", "## Quality", "", "```", quality_table(doc), "```",
+          "", "## Speed (ratio = Sparse-K t/s / dense t/s, median of interleaved rounds; spread = min-max)", "",
+          "```", speed_table(doc), "```", ""]
+    md += [f"![{p.stem}]({p.name})" for p in written if p.suffix == ".png"]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return written

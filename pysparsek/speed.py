@@ -1,0 +1,116 @@
+"""Token rates from `llama-bench -o json`, dense and Sparse-K runs interleaved so machine drift hits both."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pysparsek.build import Build
+from pysparsek.proc import ToolError, run
+
+
+class SpeedError(RuntimeError):
+    """llama-bench failed or printed no JSON."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One Sparse-K setting; top_k 0 is dense."""
+    top_k: int = 0
+    mode: str = "head"
+    window: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.top_k == 0:
+            return "dense"
+        return f"K={self.top_k} {self.mode}" + (f" w={self.window}" if self.window else "")
+
+
+@dataclass
+class Measurement:
+    config: Config
+    test: str          # "pp512" or "tg32"
+    depth: int
+    samples_ts: list[float] = field(default_factory=list)  # one mean tokens/s per round
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def median_ts(self) -> float:
+        return statistics.median(self.samples_ts)
+
+
+def bench_once(build: Build, model: Path, config: Config, *, n_prompt: int, n_gen: int, depths: list[int],
+               reps: int, threads: int | None, flash_attn: bool, ngl: int, extra: tuple[str, ...] = ()) -> list[dict]:
+    cmd = [str(build.tool("llama-bench")), "-m", str(model), "-o", "json", "-r", str(reps),
+           "-p", str(n_prompt), "-n", str(n_gen), "-d", ",".join(map(str, depths)),
+           "-fa", "1" if flash_attn else "0", "-ngl", str(ngl),
+           "-sk", str(config.top_k), "-skm", config.mode, "-skw", str(config.window), *extra]
+    if threads:
+        cmd += ["-t", str(threads)]
+    try:
+        out = run(cmd).stdout
+    except ToolError as exc:
+        raise SpeedError(str(exc)) from exc
+    start = out.find("[")
+    if start < 0:
+        raise SpeedError(f"llama-bench printed no JSON:\n{out[-2000:]}")
+    return json.loads(out[start: out.rfind("]") + 1])
+
+
+def test_name(record: dict[str, Any]) -> str:
+    return f"pp{record['n_prompt']}" if record["n_prompt"] else f"tg{record['n_gen']}"
+
+
+def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int, n_prompt: int, n_gen: int,
+                depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
+                progress: Callable[[str], None] | None = None) -> list[Measurement]:
+    """`rounds` passes over all configs in turn; each pass runs llama-bench once per config."""
+    results: dict[tuple[Config, str, int], Measurement] = {}
+    for r in range(rounds):
+        for config in configs:
+            if progress:
+                progress(f"round {r + 1}/{rounds}: {config.label}")
+            for rec in bench_once(build, model, config, n_prompt=n_prompt, n_gen=n_gen, depths=depths, reps=reps,
+                                  threads=threads, flash_attn=flash_attn, ngl=ngl):
+                key = (config, test_name(rec), int(rec["n_depth"]))
+                m = results.setdefault(key, Measurement(config, key[1], key[2]))
+                m.samples_ts.append(float(rec["avg_ts"]))
+                m.records.append(rec)
+    return list(results.values())
+
+
+@dataclass
+class Ratio:
+    config: Config
+    test: str
+    depth: int
+    ts: float
+    dense_ts: float
+    ratio: float          # median of per-round ratios (sparse / dense, same round)
+    spread: tuple[float, float]  # min and max per-round ratio
+
+
+def ratios(measurements: list[Measurement]) -> list[Ratio]:
+    dense = {(m.test, m.depth): m for m in measurements if m.config.top_k == 0}
+    out = []
+    for m in measurements:
+        d = dense.get((m.test, m.depth))
+        if d is None:
+            continue
+        per_round = [s / b for s, b in zip(m.samples_ts, d.samples_ts, strict=False)]
+        out.append(Ratio(m.config, m.test, m.depth, m.median_ts, d.median_ts, statistics.median(per_round),
+                         (min(per_round), max(per_round))))
+    return out
+
+
+def table(rows: list[Ratio]) -> str:
+    lines = [f"{'config':<18} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} {'spread':>15}"]
+    for r in sorted(rows, key=lambda r: (r.test, r.depth, r.config.top_k, r.config.mode)):
+        lines.append(f"{r.config.label:<18} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
+                     f"{r.ratio:>7.3f} {r.spread[0]:>7.3f}-{r.spread[1]:<7.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Issue #3 measurements on this machine: SmolLM2 perplexity vs K, and llama-bench ratios vs dense (CPU).
+
+Usage: .venv/bin/python scripts/cpu_sparsek_report.py [--quick] > report.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from pysparsek import build as builds
+from pysparsek import compare, corpus, machine, models, speed
+from pysparsek.perplexity import Settings
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--skip-ppl", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    model, text = models.default_model(), corpus.default_text()
+    print(f"machine: {machine.one_line()}")
+    print(f"model: {model.name}; text: {text.name}\n", flush=True)
+    if not args.skip_ppl:
+        for ctx, chunks in ((512, 16), (2048, 8)):
+            for fa in ("off", "on"):
+                s = Settings(ctx=ctx, chunks=chunks, flash_attn=fa, mode="head")
+                res = compare.run(model, text, s, [16, 32, 64, 128, 256, 512], quiet=True)
+                print(f"## perplexity, ctx {ctx}, {chunks} chunks, flash attention {fa}, mode head")
+                print(res.table() + "\n", flush=True)
+        s = Settings(ctx=2048, chunks=8, flash_attn="on")
+        for mode in ("group", "token"):
+            res = compare.run(model, text, dataclasses.replace(s, mode=mode), [64, 256], quiet=True)
+            print(f"## perplexity, ctx 2048, 8 chunks, flash attention on, mode {mode}")
+            print(res.table() + "\n", flush=True)
+    if not args.skip_speed:
+        configs = [speed.Config()] + [speed.Config(k, m) for k in (64, 256) for m in ("head", "group", "token")]
+        meas = speed.interleaved(builds.require("patched"), model, configs, rounds=args.rounds, n_prompt=512,
+                                 n_gen=32, depths=[0, 2048, 8192], threads=os.cpu_count(), flash_attn=True,
+                                 progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+        print(f"## llama-bench -fa 1, {args.rounds} interleaved rounds (ratio = median of same-round ratios)")
+        print(speed.table(speed.ratios(meas)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

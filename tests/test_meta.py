@@ -1,0 +1,71 @@
+"""`pysparsek meta`: Sparse-K keys of a GGUF file, written into copies, never into the input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pysparsek import meta, models
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pysparsek", "meta", *args], capture_output=True, text=True,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return models.default_model()
+
+
+def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
+    before = models.sha256_file(model)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    proc = _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "16", "--mode", "token")
+    assert proc.returncode == 0, proc.stderr
+    assert meta.read(a) == {"top_k": 64, "window": 16, "mode": "token"}
+    assert "top_k = 64" in _run("show", str(a)).stdout
+    assert _run("clear", str(a), "-o", str(b)).returncode == 0
+    assert meta.read(b) == {}
+    assert "no Sparse-K metadata" in _run("show", str(b)).stdout
+    assert models.sha256_file(model) == before  # the input is untouched
+    # everything else is copied: same tensors, same other keys
+    import gguf
+
+    ra, rm = gguf.GGUFReader(b), gguf.GGUFReader(model)
+    assert [t.name for t in ra.tensors] == [t.name for t in rm.tensors]
+    assert set(ra.fields) == set(rm.fields)
+
+
+def test_set_replaces_only_given_keys(model: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    meta.write(model, a, {"top_k": 64, "sinks": 4})
+    meta.write(a, b, {"top_k": 128})
+    assert meta.read(b) == {"top_k": 128, "sinks": 4}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["set", "{model}", "--topk", "8"], "give -o/--output"),
+    (["set", "{model}", "-o", "{model}", "--topk", "8"], "never modified in place"),
+    (["set", "{model}", "-o", "{out}"], "needs at least one of"),
+    (["show", "{bad}"], "cannot read"),
+])
+def test_errors_are_one_line(model: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00truncated")
+    argv = [a.format(model=model, out=tmp_path / "o.gguf", bad=bad) for a in args]
+    proc = _run(*argv)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_invalid_values_are_rejected(model: Path, tmp_path: Path) -> None:
+    with pytest.raises(meta.MetaError, match="mode must be one of"):
+        meta.write(model, tmp_path / "x.gguf", {"mode": "diagonal"})
+    with pytest.raises(meta.MetaError, match="top_k must be an integer >= 0"):
+        meta.write(model, tmp_path / "x.gguf", {"top_k": -1})
+    assert not (tmp_path / "x.gguf").exists()
