@@ -52,7 +52,7 @@ def tokens() -> list[int]:
 
 
 def _hf_logits(ckpt: Path, tokens: list[int]) -> np.ndarray:
-    model = transformers.LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32, attn_implementation="eager")
+    model = transformers.LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0].numpy()
 
