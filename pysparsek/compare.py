@@ -19,6 +19,7 @@ from pysparsek.perplexity import PerplexityResult, Settings
 class SparseRow:
     topk: int
     result: PerplexityResult
+    identical_to_stock: bool | None = None  # for exact-check rows: same chunks, final and log-probs as stock
 
 
 @dataclass
@@ -35,6 +36,10 @@ class Comparison:
                  f"{'patched, Sparse-K off':<22} {self.disabled.final:>10} {'':>8} {'':>10} {'':>14}"]
         for row in self.sparse:
             r = row.result
+            if row.identical_to_stock is not None:
+                same = "identical to stock" if row.identical_to_stock else "DIFFERENT from stock"
+                lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {same}")
+                continue
             delta = 100.0 * (r.ppl - dense) / dense
             lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {delta:>+8.2f} "
                          f"{r.kld_mean:>10.6f} {r.same_top_pct:>14.3f}")
@@ -44,10 +49,12 @@ class Comparison:
 
 
 def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
-        quiet: bool = False) -> Comparison:
+        quiet: bool = False, exact_topks: tuple[int, ...] = ()) -> Comparison:
+    """exact_topks: K values expected to reproduce stock exactly (K >= context); they are compared byte for byte
+    instead of through KL divergence."""
     stock_build = builds.require("stock", backend)
     patched_build = builds.require("patched", backend)
-    steps = tqdm(total=2 + len(topks), desc="perplexity", unit="run", disable=quiet)
+    steps = tqdm(total=2 + len(topks) + len(exact_topks), desc="perplexity", unit="run", disable=quiet)
     with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
         base_file = Path(tmp) / "stock.kld"
         off_file = Path(tmp) / "patched-off.kld"
@@ -63,6 +70,14 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
             res = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=k),
                                      kld_base=base_file)
             sparse.append(SparseRow(k, res))
+            steps.update()
+        for k in exact_topks:
+            k_file = Path(tmp) / f"k{k}.kld"
+            res = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=k),
+                                     save_logits=k_file)
+            same = res.chunks == stock.chunks and res.final == stock.final and filecmp.cmp(base_file, k_file,
+                                                                                           shallow=False)
+            sparse.append(SparseRow(k, res, identical_to_stock=same))
             steps.update()
     steps.close()
     return Comparison(stock, disabled, identical, sparse)

@@ -1,0 +1,182 @@
+"""`pysparsek regress`: the CI quality guard for Sparse-K on a real model and real text.
+
+Measures (1) stock vs patched-with-Sparse-K-off, which must be identical chunk for chunk; (2) dense vs Sparse-K
+at each K, context and attention path: PPL, KL divergence vs dense, top-1 agreement; (3) passkey retrieval,
+dense vs Sparse-K. Values are compared with the committed baseline (tolerances stored next to each value), and
+the relationships that must hold whatever the baseline says are checked too: PPL(K) is not below dense by more
+than noise, PPL does not rise as K grows by more than noise, and K >= context equals dense exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pysparsek import compare, machine, passkey, patches
+from pysparsek.models import sha256_file
+from pysparsek.perplexity import Settings
+from pysparsek.pin import LLAMA_CPP_PIN
+
+SCHEMA = "pysparsek.regress/1"
+TOPKS = [32, 64, 128, 256]
+CONTEXTS = [(512, 8), (2048, 3)]          # (context, chunks)
+ATTENTION = ["off", "on"]                  # flash attention
+PASSKEY_LENGTHS = [1024, 4096]
+PASSKEY_DEPTHS = [0.1, 0.5, 0.9]
+PASSKEY_TOPKS = [64, 256]
+NOISE_REL = 0.005                          # PPL differences below 0.5% are noise for the relationship checks
+
+# default tolerances written with --update-baseline (existing ones in the file are kept)
+DEFAULT_TOL = {"ppl": {"rel": 0.005}, "kl": {"rel": 0.10, "abs": 0.002}, "top1": {"abs": 1.0},
+               "passkey": {"abs": 0.34}}
+
+
+@dataclass
+class Check:
+    name: str
+    measured: float
+    baseline: float | None
+    tolerance: str
+    ok: bool
+    note: str = ""
+
+
+def _kind(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def measure(model: Path, text: Path, threads: int | None, quick: bool, log) -> tuple[dict[str, float], list[Check]]:
+    """All measured values by check name, plus the relationship and identity checks."""
+    values: dict[str, float] = {}
+    checks: list[Check] = []
+    contexts = CONTEXTS[:1] if quick else CONTEXTS
+    for ctx, chunks in contexts:
+        for fa in ATTENTION:
+            tag = f"ctx{ctx}/fa-{fa}"
+            t0 = time.monotonic()
+            settings = Settings(ctx=ctx, chunks=chunks, threads=threads, flash_attn=fa)
+            res = compare.run(model, text, settings, TOPKS, quiet=True, exact_topks=(ctx,))
+            log(f"  perplexity {tag}: {time.monotonic() - t0:.0f} s")
+            checks += perplexity_checks(tag, res)
+            values.update(perplexity_values(tag, res))
+    t0 = time.monotonic()
+    lengths = PASSKEY_LENGTHS[:1] if quick else PASSKEY_LENGTHS
+    trials = passkey.run(model, lengths, PASSKEY_DEPTHS, [0, *PASSKEY_TOPKS], n_threads=threads)
+    log(f"  passkey: {time.monotonic() - t0:.0f} s")
+    values["passkey/dense"] = passkey.accuracy(trials, 0)
+    for k in PASSKEY_TOPKS:
+        values[f"passkey/k{k}"] = passkey.accuracy(trials, k)
+    return values, checks
+
+
+def perplexity_values(tag: str, res: compare.Comparison) -> dict[str, float]:
+    values = {f"ppl/{tag}/dense": res.stock.ppl}
+    for row in res.sparse:
+        if row.identical_to_stock is None:
+            values[f"ppl/{tag}/k{row.topk}"] = row.result.ppl
+            values[f"kl/{tag}/k{row.topk}"] = row.result.kld_mean or 0.0
+            values[f"top1/{tag}/k{row.topk}"] = row.result.same_top_pct or 0.0
+    return values
+
+
+def perplexity_checks(tag: str, res: compare.Comparison) -> list[Check]:
+    """Identity and relationship checks that hold whatever the baseline says."""
+    checks = [Check(f"identity/{tag}/stock-vs-sparsek-off", 0.0 if res.identical else 1.0, 0.0, "exact",
+                    res.identical, "" if res.identical else f"stock {res.stock.final} vs patched-off "
+                    f"{res.disabled.final}")]
+    dense = res.stock.ppl
+    for row in res.sparse:
+        if row.identical_to_stock is not None:
+            same = row.identical_to_stock
+            note = "" if same else f"K={row.topk} gives {row.result.final}, dense {res.stock.final}"
+            checks.append(Check(f"identity/{tag}/k{row.topk}-equals-dense", row.result.ppl, dense, "exact", same,
+                                note))
+    prev: tuple[int, float] | None = None
+    for row in sorted((r for r in res.sparse if r.identical_to_stock is None), key=lambda r: r.topk):
+        k, ppl = row.topk, row.result.ppl
+        below = ppl < dense * (1 - NOISE_REL)
+        checks.append(Check(f"relation/{tag}/k{k}-not-below-dense", ppl, dense, f"≥ dense −{NOISE_REL:.1%}",
+                            not below, "Sparse-K cannot beat dense by more than noise" if below else ""))
+        if prev is not None:
+            rises = ppl > prev[1] * (1 + NOISE_REL)
+            checks.append(Check(f"relation/{tag}/k{k}-not-above-k{prev[0]}", ppl, prev[1],
+                                f"≤ K={prev[0]} +{NOISE_REL:.1%}", not rises, "PPL rose as K grew" if rises else ""))
+        prev = (k, ppl)
+    return checks
+
+
+def tolerance_text(tol: dict[str, float]) -> str:
+    parts = []
+    if "rel" in tol:
+        parts.append(f"±{tol['rel']:.1%}")
+    if "abs" in tol:
+        parts.append(f"±{tol['abs']:g}")
+    return " or ".join(parts) or "exact"
+
+
+def within(measured: float, base: float, tol: dict[str, float]) -> bool:
+    diff = abs(measured - base)
+    return diff <= tol.get("abs", 0.0) or (base != 0 and diff <= tol.get("rel", 0.0) * abs(base)) or diff == 0
+
+
+def compare_baseline(values: dict[str, float], baseline: dict[str, Any]) -> list[Check]:
+    entries = baseline.get("values", {})
+    checks = []
+    for name, measured in values.items():
+        entry = entries.get(name)
+        if entry is None:
+            checks.append(Check(name, measured, None, "-", False, "no baseline value (run with --update-baseline)"))
+            continue
+        tol = entry.get("tolerance", DEFAULT_TOL[_kind(name)])
+        ok = not math.isnan(measured) and within(measured, entry["value"], tol)
+        checks.append(Check(name, measured, entry["value"], tolerance_text(tol), ok,
+                            "" if ok else "left its band"))
+    for name in entries.keys() - values.keys():
+        checks.append(Check(name, float("nan"), entries[name]["value"], "-", False, "not measured any more"))
+    return checks
+
+
+def new_baseline(values: dict[str, float], old: dict[str, Any], model: Path, text: Path) -> dict[str, Any]:
+    old_entries = old.get("values", {})
+    return {
+        "schema": SCHEMA,
+        "produced_on": machine.one_line(),
+        "llama_cpp_pin": LLAMA_CPP_PIN,
+        "patch_series_sha256": patches.series_hash(),
+        "model": {"name": model.name, "sha256": sha256_file(model)},
+        "text": {"name": text.name, "sha256": sha256_file(text)},
+        "values": {name: {"value": v, "tolerance": old_entries.get(name, {}).get("tolerance",
+                                                                                  DEFAULT_TOL[_kind(name)])}
+                   for name, v in sorted(values.items())},
+    }
+
+
+def table(checks: list[Check]) -> str:
+    lines = [f"{'check':<48} {'baseline':>10} {'measured':>10} {'tolerance':>16}  status"]
+    for c in checks:
+        base = "-" if c.baseline is None else f"{c.baseline:.4f}"
+        status = "ok" if c.ok else f"FAIL {c.note}".rstrip()
+        lines.append(f"{c.name:<48} {base:>10} {c.measured:>10.4f} {c.tolerance:>16}  {status}")
+    return "\n".join(lines)
+
+
+def baseline_matches_inputs(baseline: dict[str, Any], model: Path, text: Path) -> list[str]:
+    problems = []
+    if baseline.get("model", {}).get("sha256") not in (None, sha256_file(model)):
+        problems.append("the baseline was made with another model file")
+    if baseline.get("text", {}).get("sha256") not in (None, sha256_file(text)):
+        problems.append("the baseline was made with another text")
+    return problems
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")

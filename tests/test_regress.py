@@ -1,0 +1,85 @@
+"""The regression guard's logic: bands, relationships, identity, baseline bookkeeping (no builds needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pysparsek import compare, regress
+from pysparsek.perplexity import PerplexityResult
+
+
+def _ppl(value: float, kl: float | None = None, top1: float | None = None, final: str | None = None):
+    return PerplexityResult(chunks=[f"{value:.4f}"], final=final or f"{value:.4f}", final_stderr="0.1", output="",
+                            kld_mean=kl, same_top_pct=top1)
+
+
+def _comparison(dense: float, sparse: dict[int, float], identical: bool = True, exact_same: bool = True):
+    rows = [compare.SparseRow(k, _ppl(v, kl=0.01, top1=95.0)) for k, v in sparse.items()]
+    rows.append(compare.SparseRow(512, _ppl(dense), identical_to_stock=exact_same))
+    return compare.Comparison(_ppl(dense), _ppl(dense if identical else dense + 0.01), identical, rows)
+
+
+def _failed(checks: list[regress.Check]) -> list[str]:
+    return [c.name for c in checks if not c.ok]
+
+
+def test_healthy_results_pass() -> None:
+    res = _comparison(20.0, {32: 21.0, 64: 20.5, 128: 20.2, 256: 20.05})
+    assert _failed(regress.perplexity_checks("ctx512/fa-off", res)) == []
+
+
+def test_sparse_better_than_dense_fails() -> None:
+    res = _comparison(20.0, {32: 21.0, 64: 19.5})
+    assert _failed(regress.perplexity_checks("t", res)) == ["relation/t/k64-not-below-dense"]
+
+
+def test_ppl_rising_with_k_fails() -> None:
+    # what keeping the K *lowest* scores looks like: more kept cells, worse
+    res = _comparison(20.0, {32: 21.0, 64: 22.0, 128: 22.5})
+    assert _failed(regress.perplexity_checks("t", res)) == ["relation/t/k64-not-above-k32",
+                                                            "relation/t/k128-not-above-k64"]
+
+
+def test_noise_is_tolerated() -> None:
+    res = _comparison(20.0, {32: 19.95, 64: 20.04})  # -0.25% and +0.45%
+    assert _failed(regress.perplexity_checks("t", res)) == []
+
+
+def test_identity_failures_are_named() -> None:
+    res = _comparison(20.0, {32: 21.0}, identical=False, exact_same=False)
+    assert _failed(regress.perplexity_checks("t", res)) == ["identity/t/stock-vs-sparsek-off",
+                                                            "identity/t/k512-equals-dense"]
+
+
+def test_baseline_bands() -> None:
+    baseline = {"values": {
+        "ppl/a/k32": {"value": 20.0, "tolerance": {"rel": 0.005}},
+        "kl/a/k32": {"value": 0.005, "tolerance": {"rel": 0.1, "abs": 0.002}},
+        "top1/a/k32": {"value": 90.0, "tolerance": {"abs": 1.0}},
+        "passkey/k64": {"value": 1.0, "tolerance": {"abs": 0.34}},
+        "ppl/gone": {"value": 1.0, "tolerance": {"rel": 0.1}},
+    }}
+    values = {"ppl/a/k32": 20.09, "kl/a/k32": 0.0065, "top1/a/k32": 88.5, "passkey/k64": 0.67, "ppl/new": 3.0}
+    checks = {c.name: c for c in regress.compare_baseline(values, baseline)}
+    assert checks["ppl/a/k32"].ok           # +0.45%
+    assert checks["kl/a/k32"].ok            # +30% but within 0.002 absolute
+    assert not checks["top1/a/k32"].ok      # -1.5 points
+    assert checks["passkey/k64"].ok         # one miss out of three
+    assert not checks["ppl/new"].ok and "no baseline" in checks["ppl/new"].note
+    assert not checks["ppl/gone"].ok and "not measured" in checks["ppl/gone"].note
+
+
+def test_update_keeps_tolerances(tmp_path: Path) -> None:
+    model, text = tmp_path / "m.gguf", tmp_path / "t.txt"
+    model.write_bytes(b"GGUF")
+    text.write_text("x")
+    old = {"values": {"ppl/a/k32": {"value": 20.0, "tolerance": {"rel": 0.02}}}}
+    new = regress.new_baseline({"ppl/a/k32": 21.0, "kl/a/k32": 0.1}, old, model, text)
+    assert new["values"]["ppl/a/k32"] == {"value": 21.0, "tolerance": {"rel": 0.02}}
+    assert new["values"]["kl/a/k32"]["tolerance"] == regress.DEFAULT_TOL["kl"]
+    assert new["schema"] == regress.SCHEMA
+
+
+def test_diff_table_names_failures() -> None:
+    checks = [regress.Check("ppl/a/k32", 21.0, 20.0, "±0.5%", False, "left its band")]
+    assert "FAIL left its band" in regress.table(checks)
