@@ -15,11 +15,12 @@ DEMO_TOPK ?= 16,64,256
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv source check-patches patch-tree refresh-patches stock-build patched-build builds \
-        demo test lint doctor clean distclean
+        demo test regress lint doctor clean distclean
 
 help:
 	@echo "make demo            build stock + patched llama.cpp, then pysparsek bench on SmolLM2 (the main job)"
-	@echo "make test            build both and run the test suite (what CI runs)"
+	@echo "make test            build both, run the test suite and the perplexity regression guard (what CI runs)"
+	@echo "make regress         only the regression guard (pysparsek regress; --update-baseline after an intended change)"
 	@echo "make stock-build     llama.cpp at the pin                 (BACKEND=cpu|cuda, or GGML_CUDA=1)"
 	@echo "make patched-build   llama.cpp at the pin + patches/series"
 	@echo "make check-patches   apply the series to a clean copy of the pin (PATCH_DIR=... to check another)"
@@ -62,8 +63,13 @@ builds: stock-build patched-build
 demo: builds
 	$(PY) -m pysparsek bench --topk $(DEMO_TOPK) --backend $(BACKEND)
 
+# the suite, then the perplexity regression guard against tests/baselines/ (CI runs exactly this)
 test: builds
 	$(PY) -m pytest -ra
+	$(PY) -m pysparsek regress
+
+regress: builds
+	$(PY) -m pysparsek regress
 
 lint: venv
 	$(VENV)/bin/ruff check pysparsek tests

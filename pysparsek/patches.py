@@ -112,7 +112,7 @@ def refresh(tree: Path | None = None, patch_dir: Path | None = None) -> list[Pat
         raise PatchError(f"{tree} has uncommitted changes; commit (or amend) them first:\n{status}")
     with tempfile.TemporaryDirectory() as tmp:
         run(["git", "-C", str(tree), "format-patch", "-q", "--no-signature", "--zero-commit",
-             "--no-stat", "-o", tmp, f"{PIN_TAG}..HEAD"], env=env)
+             "--no-stat", "--no-numbered", "-o", tmp, f"{PIN_TAG}..HEAD"], env=env)
         new = sorted(Path(tmp).glob("*.patch"))
         for old in patch_dir.glob("*.patch"):
             old.unlink()

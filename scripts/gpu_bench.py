@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Sparse-K on an NVIDIA GPU, measured against stock llama.cpp in the same run. Needs no network.
+
+Steps (each can be its own call on a machine that stays up between them; `all` runs them in order):
+  build   unpack the device bundle (scripts/make_device_bundle.py) and build stock and patched for CUDA
+  check   test-backend-ops for the Sparse-K mask op, CUDA against the CPU
+  model   write a random-weight GGUF of a real shape (tokenizer "none") and quantize it
+  bench   llama-bench -fa 1: stock, patched dense and patched Sparse-K, interleaved over rounds; JSON + markdown
+
+Usage: python3 scripts/gpu_bench.py STEP [options]   (CUDA_ARCH=90 by default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    # name: n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, rope_base
+    "llama3-8b": (32, 4096, 32, 8, 14336, 128256, 500000.0),
+    "llama3.2-1b": (16, 2048, 32, 8, 8192, 128256, 500000.0),
+}
+TARGETS = ["llama-bench", "test-backend-ops", "llama-quantize"]
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print("+ " + " ".join(map(str, cmd)), flush=True)
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def tree(work: Path, flavor: str) -> Path:
+    return work / f"llama.cpp-{flavor}"
+
+
+def bindir(work: Path, flavor: str) -> Path:
+    return work / f"build-{flavor}" / "bin"
+
+
+def step_build(a: argparse.Namespace) -> None:
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "BUNDLE.json").is_file():
+        with tarfile.open(a.bundle) as tar:
+            tar.extractall(work, filter="tar")
+    print((work / "BUNDLE.json").read_text(), flush=True)
+    for flavor in a.flavors.split(","):
+        t0 = time.time()
+        b = work / f"build-{flavor}"
+        sh(["cmake", "-S", str(tree(work, flavor)), "-B", str(b), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+            "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('CUDA_ARCH', '90')}",
+            "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON"], stdout=subprocess.DEVNULL)
+        sh(["cmake", "--build", str(b), "-j", str(a.jobs), "--target", *TARGETS])
+        print(f"built {flavor} in {time.time() - t0:.0f} s", flush=True)
+
+
+def step_check(a: argparse.Namespace) -> None:
+    exe = bindir(Path(a.work), "patched") / "test-backend-ops"
+    proc = subprocess.run([str(exe), "test", "-o", "SPARSEK_MASK"], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if "SPARSEK" in line or "tests passed" in line
+             or "Backend" in line or "FAIL" in line]
+    print("\n".join(lines[-60:]), flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"test-backend-ops failed (exit {proc.returncode})")
+
+
+def write_random_gguf(path: Path, shape: str, gguf_py: Path) -> None:
+    sys.path.insert(0, str(gguf_py))
+    import gguf
+    import numpy as np
+
+    n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, rope_base = SHAPES[shape]
+    head_dim = n_embd // n_head
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(131072)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_tokenizer_model("none")
+
+    def q8(rows: int, cols: int) -> np.ndarray:
+        # Q8_0 blocks of 32: an f16 scale, then 32 int8; weights ~ +-0.03
+        blocks = np.empty((rows, cols // 32, 34), dtype=np.uint8)
+        blocks[:, :, 0:2] = np.frombuffer(np.float16(0.03 / 127).tobytes(), dtype=np.uint8)
+        blocks[:, :, 2:] = rng.integers(-127, 128, size=(rows, cols // 32, 32), dtype=np.int8).view(np.uint8)
+        return blocks.reshape(rows, cols // 32 * 34)
+
+    def add(name: str, rows: int, cols: int) -> None:
+        w.add_tensor(name, q8(rows, cols), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    add("token_embd.weight", n_vocab, n_embd)
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    add("output.weight", n_vocab, n_embd)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        add(p + "attn_q.weight", n_embd, n_embd)
+        add(p + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        add(p + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        add(p + "attn_output.weight", n_embd, n_embd)
+        add(p + "ffn_gate.weight", n_ff, n_embd)
+        add(p + "ffn_up.weight", n_ff, n_embd)
+        add(p + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def step_model(a: argparse.Namespace) -> None:
+    work = Path(a.work)
+    q8 = work / f"random-{a.shape}-q8_0.gguf"
+    out = work / f"random-{a.shape}-{a.quant}.gguf"
+    if out.is_file():
+        print(f"{out} exists", flush=True)
+        return
+    t0 = time.time()
+    write_random_gguf(q8, a.shape, tree(work, "patched") / "gguf-py")
+    print(f"wrote {q8} in {time.time() - t0:.0f} s", flush=True)
+    sh([str(bindir(work, "patched") / "llama-quantize"), "--allow-requantize", str(q8), str(out), a.quant],
+       stdout=subprocess.DEVNULL)
+    q8.unlink()
+    print(f"quantized to {out} in {time.time() - t0:.0f} s", flush=True)
+
+
+def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: argparse.Namespace) -> list[dict]:
+    cmd = [str(exe), "-m", str(model), "-fa", "1", "-ngl", "99", "-o", "json", "-r", str(a.reps),
+           "-p", str(a.n_prompt), "-n", str(a.n_gen), "-d", ",".join(map(str, depths)), *extra]
+    env = {**os.environ, "GGML_CUDA_SPARSE_FA_LOG": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"llama-bench failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    gathers = [line for line in proc.stderr.splitlines() if "sparse flash attention gather" in line]
+    recs = json.loads(proc.stdout[proc.stdout.find("["):])
+    for r in recs:
+        r["sparse_gather_log_lines"] = len(gathers)
+        r["sparse_gather_example"] = gathers[0] if gathers else ""
+    return recs
+
+
+def step_bench(a: argparse.Namespace) -> None:
+    work = Path(a.work)
+    model = work / f"random-{a.shape}-{a.quant}.gguf"
+    depths = [int(d) for d in a.depths.split(",")]
+    configs = [("stock", [], "stock"), ("patched", ["-sk", "0"], "dense")]
+    for k in [int(v) for v in a.topk.split(",")]:
+        for mode in a.modes.split(","):
+            configs.append(("patched", ["-sk", str(k), "-skm", mode], f"K={k} {mode}"))
+    samples: dict[tuple[str, str, int], list[float]] = {}
+    raw: list[dict] = []
+    for r in range(a.rounds):
+        for flavor, extra, label in configs:
+            t0 = time.time()
+            for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a):
+                test = f"pp{rec['n_prompt']}" if rec["n_prompt"] else f"tg{rec['n_gen']}"
+                samples.setdefault((label, test, int(rec["n_depth"])), []).append(float(rec["avg_ts"]))
+                rec["config"] = label
+                rec["round"] = r
+                raw.append(rec)
+            print(f"round {r + 1}/{a.rounds} {label}: {time.time() - t0:.0f} s", flush=True)
+    rows = []
+    for (label, test, depth), ts in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        base = samples[("stock", test, depth)]
+        ratios = [x / b for x, b in zip(ts, base, strict=False)]
+        rows.append({"config": label, "test": test, "depth": depth, "tokens_per_s": statistics.median(ts),
+                     "stock_tokens_per_s": statistics.median(base), "ratio_vs_stock": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "samples_ts": ts})
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    doc = {"gpu": gpu, "shape": a.shape, "quant": a.quant, "rounds": a.rounds, "reps": a.reps, "rows": rows,
+           "llama_bench_records": raw}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_bench.json").write_text(json.dumps(doc, indent=2))
+    md = [f"GPU: {gpu}; model: random {a.shape} {a.quant}; llama-bench -fa 1, {a.rounds} interleaved rounds x "
+          f"{a.reps} reps; ratio = median of same-round ratios vs stock", "",
+          "| config | test | depth | t/s | stock t/s | ratio | spread |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        md.append(f"| {row['config']} | {row['test']} | {row['depth']} | {row['tokens_per_s']:.2f} | "
+                  f"{row['stock_tokens_per_s']:.2f} | {row['ratio_vs_stock']:.3f} | "
+                  f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} |")
+    (out / "gpu_bench.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    used = {r["config"]: r["sparse_gather_log_lines"] for r in raw}
+    print(f"sparse gather path log lines per config: {used}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "all"])
+    ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
+    ap.add_argument("--work", default="/tmp/pysparsek-gpu")
+    ap.add_argument("--flavors", default="patched,stock")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 16)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    ap.add_argument("--quant", default="Q4_K_M")
+    ap.add_argument("--depths", default="0,8192,32768")
+    ap.add_argument("--topk", default="256,1024,4096")
+    ap.add_argument("--modes", default="token,group,head")
+    ap.add_argument("--n-prompt", type=int, default=512)
+    ap.add_argument("--n-gen", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=os.environ.get("OUT", "reports/gpu"))
+    a = ap.parse_args()
+    steps = ["build", "check", "model", "bench"] if a.step == "all" else [a.step]
+    for s in steps:
+        globals()[f"step_{s}"](a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
