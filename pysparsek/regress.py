@@ -23,7 +23,7 @@ from pysparsek.pin import LLAMA_CPP_PIN
 
 SCHEMA = "pysparsek.regress/1"
 TOPKS = [32, 64, 128, 256]
-CONTEXTS = [(512, 8), (2048, 3)]          # (context, chunks)
+CONTEXTS = [(512, 4), (2048, 2)]          # (context, chunks): 8k tokens each, one batch of 4 at 512
 ATTENTION = ["off", "on"]                  # flash attention
 PASSKEY_LENGTHS = [1024, 4096]
 PASSKEY_DEPTHS = [0.1, 0.5, 0.9]
