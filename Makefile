@@ -9,7 +9,7 @@ ifeq ($(GGML_CUDA),1)
 BACKEND := cuda
 endif
 PATCH_DIR ?= patches
-DEMO_TOPK ?= 16,64,256
+DEMO_TOPK ?= 64,256
 
 # cmake/ninja installed from PyPI into the venv are found too
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

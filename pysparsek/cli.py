@@ -210,14 +210,18 @@ def cmd_regress(args: argparse.Namespace) -> int:
     baseline = regress.load(baseline_path)
     t0 = time.monotonic()
     print(f"pysparsek regress: {model.name} on {text.name}, baseline {baseline_path}", flush=True)
-    values, checks = regress.measure(model, text, args.threads, args.quick, lambda line: print(line, flush=True))
+    parts = tuple(args.parts.split(","))
+    if not set(parts) <= set(regress.PARTS):
+        raise regress.RegressError(f"--parts takes {', '.join(regress.PARTS)}, got {args.parts!r}")
+    values, checks = regress.measure(model, text, args.threads, args.quick, lambda line: print(line, flush=True),
+                                     parts)
     if args.update_baseline:
         regress.save(baseline_path, regress.new_baseline(values, baseline, model, text))
         print(f"wrote {baseline_path} ({len(values)} values); review the diff before committing it")
         baseline = regress.load(baseline_path)
     problems = regress.baseline_matches_inputs(baseline, model, text)
     checks += regress.compare_baseline(values, baseline)
-    if args.quick:  # a quick run measures a subset; values it did not measure are not failures
+    if args.quick or parts != regress.PARTS:  # a partial run: values it did not measure are not failures
         checks = [c for c in checks if c.note != "not measured any more"]
     print(regress.table(checks))
     failed = [c for c in checks if not c.ok]
@@ -357,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with the measured values "
                    "(keeping its tolerances) after an intended change")
     p.add_argument("--quick", action="store_true", help="ctx 512 and 1k-token passkey prompts only")
+    p.add_argument("--parts", default="perplexity,passkey", help="which parts to measure (default: both); "
+                   "with --update-baseline the other values are kept")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
 

@@ -9,10 +9,11 @@ from pysparsek.models import ModelError
 from pysparsek.patches import PatchError
 from pysparsek.perplexity import PerplexityError
 from pysparsek.proc import ToolError
+from pysparsek.regress import RegressError
 from pysparsek.source import SourceError
 from pysparsek.speed import SpeedError
 
 USER_ERRORS = (
     BuildError, ConvertError, CorpusError, BindingError, MetaError, ModelError, PatchError, PerplexityError,
-    SourceError, SpeedError, ToolError,
+    RegressError, SourceError, SpeedError, ToolError,
 )

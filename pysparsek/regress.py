@@ -23,7 +23,7 @@ from pysparsek.pin import LLAMA_CPP_PIN
 
 SCHEMA = "pysparsek.regress/1"
 TOPKS = [32, 64, 128, 256]
-CONTEXTS = [(512, 4), (2048, 2)]          # (context, chunks): 8k tokens each, one batch of 4 at 512
+CONTEXTS = [(512, 4), (2048, 2)]          # (context, chunks): 2k and 4k tokens
 ATTENTION = ["off", "on"]                  # flash attention
 PASSKEY_LENGTHS = [1024, 4096]
 PASSKEY_DEPTHS = [0.1, 0.5, 0.9]
@@ -33,6 +33,10 @@ NOISE_REL = 0.005                          # PPL differences below 0.5% are nois
 # default tolerances written with --update-baseline (existing ones in the file are kept)
 DEFAULT_TOL = {"ppl": {"rel": 0.005}, "kl": {"rel": 0.10, "abs": 0.002}, "top1": {"abs": 1.0},
                "passkey": {"abs": 0.34}}
+
+
+class RegressError(RuntimeError):
+    """Bad regress arguments."""
 
 
 @dataclass
@@ -49,12 +53,16 @@ def _kind(name: str) -> str:
     return name.split("/", 1)[0]
 
 
-def measure(model: Path, text: Path, threads: int | None, quick: bool, log) -> tuple[dict[str, float], list[Check]]:
+PARTS = ("perplexity", "passkey")
+
+
+def measure(model: Path, text: Path, threads: int | None, quick: bool, log,
+            parts: tuple[str, ...] = PARTS) -> tuple[dict[str, float], list[Check]]:
     """All measured values by check name, plus the relationship and identity checks."""
     values: dict[str, float] = {}
     checks: list[Check] = []
     contexts = CONTEXTS[:1] if quick else CONTEXTS
-    for ctx, chunks in contexts:
+    for ctx, chunks in contexts if "perplexity" in parts else []:
         for fa in ATTENTION:
             tag = f"ctx{ctx}/fa-{fa}"
             t0 = time.monotonic()
@@ -63,6 +71,8 @@ def measure(model: Path, text: Path, threads: int | None, quick: bool, log) -> t
             log(f"  perplexity {tag}: {time.monotonic() - t0:.0f} s")
             checks += perplexity_checks(tag, res)
             values.update(perplexity_values(tag, res))
+    if "passkey" not in parts:
+        return values, checks
     t0 = time.monotonic()
     lengths = PASSKEY_LENGTHS[:1] if quick else PASSKEY_LENGTHS
     trials = passkey.run(model, lengths, PASSKEY_DEPTHS, [0, *PASSKEY_TOPKS], n_threads=threads)
@@ -141,7 +151,9 @@ def compare_baseline(values: dict[str, float], baseline: dict[str, Any]) -> list
 
 
 def new_baseline(values: dict[str, float], old: dict[str, Any], model: Path, text: Path) -> dict[str, Any]:
+    """The old baseline with the measured values replaced (values not measured this time are kept)."""
     old_entries = old.get("values", {})
+    values = {**{name: entry["value"] for name, entry in old_entries.items()}, **values}
     return {
         "schema": SCHEMA,
         "produced_on": machine.one_line(),
