@@ -39,7 +39,8 @@ def prompt(n_junk: int, i_pos: int, key: int) -> str:
 def run(model: Path, lengths: list[int], depths: list[float], topks: list[int], mode: str = "head",
         seed: int = 1234, n_threads: int | None = None) -> list[Trial]:
     """One trial per (length, depth, K); K = 0 is dense. The same prompts are used for every K."""
-    m = llm.load(model, n_ctx=max(lengths) + 64, n_batch=512, n_ubatch=512, n_threads=n_threads)
+    m = llm.load(model, n_ctx=max(lengths) + 64, n_batch=512, n_ubatch=512, n_threads=n_threads,
+                 n_threads_batch=n_threads, flash_attn=True)
     junk_tokens = len(m.tokenize(JUNK.encode(), add_bos=False))
     rng = random.Random(seed)
     trials = []
