@@ -21,6 +21,9 @@ def main() -> int:
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--topk", type=lambda v: [int(x) for x in v.split(",")], default=[64, 256])
+    ap.add_argument("--modes", default="head,group,token")
+    ap.add_argument("--depths", type=lambda v: [int(x) for x in v.split(",")], default=[0, 2048, 8192])
     args = ap.parse_args()
     model, text = models.default_model(), corpus.default_text()
     print(f"machine: {machine.one_line()}")
@@ -38,9 +41,9 @@ def main() -> int:
             print(f"## perplexity, ctx 2048, 8 chunks, flash attention on, mode {mode}")
             print(res.table() + "\n", flush=True)
     if not args.skip_speed:
-        configs = [speed.Config()] + [speed.Config(k, m) for k in (64, 256) for m in ("head", "group", "token")]
+        configs = [speed.Config()] + [speed.Config(k, m) for k in args.topk for m in args.modes.split(",")]
         meas = speed.interleaved(builds.require("patched"), model, configs, rounds=args.rounds, n_prompt=512,
-                                 n_gen=32, depths=[0, 2048, 8192], threads=os.cpu_count(), flash_attn=True,
+                                 n_gen=32, depths=args.depths, threads=os.cpu_count(), flash_attn=True,
                                  progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
         print(f"## llama-bench -fa 1, {args.rounds} interleaved rounds (ratio = median of same-round ratios)")
         print(speed.table(speed.ratios(meas)), flush=True)
