@@ -115,10 +115,11 @@ def _int_list(value: str) -> list[int]:
 def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
     from pysparsek import corpus, models
 
+    # cheap checks first: nothing is downloaded for a run that would fail on a missing file anyway
+    if args.text and not Path(args.text).is_file():
+        raise models.ModelError(f"text file not found: {args.text}")
     model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
     text = Path(args.text) if args.text else corpus.default_text()
-    if not text.is_file():
-        raise models.ModelError(f"text file not found: {text}")
     return model, text
 
 
