@@ -30,8 +30,8 @@ def series_file(patch_dir: Path | None = None) -> Path:
 
 
 def read_series(patch_dir: Path | None = None) -> list[Path]:
-    """Patches in application order; blank lines and '#' comments are ignored."""
-    patch_dir = patch_dir or paths.patches_dir()
+    """Patches in application order (absolute paths); blank lines and '#' comments are ignored."""
+    patch_dir = (patch_dir or paths.patches_dir()).resolve()  # git apply runs inside the tree, not here
     sfile = series_file(patch_dir)
     if not sfile.is_file():
         raise PatchError(f"{sfile} is missing")

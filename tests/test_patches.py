@@ -69,3 +69,11 @@ def test_patch_tree_regenerates_the_committed_series(tmp_path: Path) -> None:
     assert [p.name for p in regenerated] == [p.name for p in patches.read_series()]
     for p in regenerated:
         assert filecmp.cmp(p, paths.patches_dir() / p.name, shallow=False), f"{p.name} differs from its regeneration"
+
+
+def test_make_check_patches_passes_on_the_committed_series() -> None:
+    # the default PATCH_DIR is relative ("patches"): it must work from the project root as the README says
+    proc = subprocess.run(["make", "-s", "check-patches", f"PYTHON={sys.executable}"], cwd=paths.PROJECT_ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "apply cleanly" in proc.stdout
