@@ -10,14 +10,22 @@ from pathlib import Path
 from pysparsek import __version__
 
 
-def _positive_int_list(value: str) -> list[int]:
+def _int_list(value: str, minimum: int, what: str) -> list[int]:
     try:
         items = [int(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
-    if not items or any(v <= 0 for v in items):
-        raise argparse.ArgumentTypeError(f"every K must be > 0, got {value!r}")
+    if not items or any(v < minimum for v in items):
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value!r}")
     return items
+
+
+def _positive_int_list(value: str) -> list[int]:
+    return _int_list(value, 1, "every K")
+
+
+def _depth_list(value: str) -> list[int]:
+    return _int_list(value, 0, "every depth")
 
 
 def _non_negative(value: str) -> int:
@@ -100,16 +108,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"flash attention {args.flash_attn}, backend {args.backend}")
     print(result.table())
     return 0 if result.identical else 1
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        items = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
-    if not items or any(v < 0 for v in items):
-        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {value!r}")
-    return items
 
 
 def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -272,7 +270,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-fa", "--flash-attn", choices=["on", "off"], default="on", help="default: on")
     p.add_argument("-b", "--batch-size", type=_positive, default=2048, help="default: 2048")
     p.add_argument("-ub", "--ubatch-size", type=_positive, default=512, help="default: 512")
-    p.add_argument("--depths", type=_int_list, default=[0, 2048], help="KV depths for the speed tests "
+    p.add_argument("--depths", type=_depth_list, default=[0, 2048], help="KV depths for the speed tests "
                    "(default: 0,2048)")
     p.add_argument("--n-prompt", type=_positive, default=512, help="prompt tokens per speed test (default: 512)")
     p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
