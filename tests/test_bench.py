@@ -55,7 +55,8 @@ def test_corrupt_gguf_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.build
-def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_build, stock_build) -> None:
+def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_build, stock_build, model) -> None:
+    # `model` fetches the default model first, so its one-time download line is not part of this output
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n")
     proc = _run("bench", "--text", str(short), "-c", "256", "--skip-speed", "--quiet")
