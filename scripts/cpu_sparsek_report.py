@@ -24,19 +24,24 @@ def main() -> int:
     ap.add_argument("--topk", type=lambda v: [int(x) for x in v.split(",")], default=[64, 256])
     ap.add_argument("--modes", default="head,group,token")
     ap.add_argument("--depths", type=lambda v: [int(x) for x in v.split(",")], default=[0, 2048, 8192])
+    ap.add_argument("--ppl-topk", type=lambda v: [int(x) for x in v.split(",")], default=[16, 32, 64, 128, 256, 512])
+    ap.add_argument("--ppl-contexts", type=lambda v: [tuple(int(y) for y in x.split(":")) for x in v.split(",")],
+                    default=[(512, 16), (2048, 8)], help="CTX:CHUNKS,... (default 512:16,2048:8)")
+    ap.add_argument("--fa", default="off,on", help="attention paths for the head-mode table (default off,on)")
+    ap.add_argument("--ppl-modes", default="group,token", help="extra modes at ctx 2048, FA on ('' for none)")
     args = ap.parse_args()
     model, text = models.default_model(), corpus.default_text()
     print(f"machine: {machine.one_line()}")
     print(f"model: {model.name}; text: {text.name}\n", flush=True)
     if not args.skip_ppl:
-        for ctx, chunks in ((512, 16), (2048, 8)):
-            for fa in ("off", "on"):
+        for ctx, chunks in args.ppl_contexts:
+            for fa in args.fa.split(","):
                 s = Settings(ctx=ctx, chunks=chunks, flash_attn=fa, mode="head")
-                res = compare.run(model, text, s, [16, 32, 64, 128, 256, 512], quiet=True)
+                res = compare.run(model, text, s, args.ppl_topk, quiet=True)
                 print(f"## perplexity, ctx {ctx}, {chunks} chunks, flash attention {fa}, mode head")
                 print(res.table() + "\n", flush=True)
         s = Settings(ctx=2048, chunks=8, flash_attn="on")
-        for mode in ("group", "token"):
+        for mode in filter(None, args.ppl_modes.split(",")):
             res = compare.run(model, text, dataclasses.replace(s, mode=mode), [64, 256], quiet=True)
             print(f"## perplexity, ctx 2048, 8 chunks, flash attention on, mode {mode}")
             print(res.table() + "\n", flush=True)

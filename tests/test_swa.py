@@ -1,0 +1,145 @@
+"""Sparse-K on a sliding-window model (Gemma-2 layout, iSWA KV cache, attention soft-capping).
+
+The model is a small random-weight GGUF (tests/tiny_gemma2.py); no registry ships a real SWA model. Checks:
+stock identity (off, K >= context) through llama-perplexity on real text with 4 sequences per batch, and the
+patched build's Sparse-K logits against tests/numpy_gemma2.py, which applies the documented rule inside each
+layer's own mask (sliding window for even layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pysparsek import corpus, llm, perplexity
+from pysparsek.build import Build
+from pysparsek.perplexity import Settings
+
+import numpy_gemma2
+import numpy_llama
+import tiny_gemma2
+
+pytestmark = [pytest.mark.build, pytest.mark.slow]
+
+CTX = 256
+CHUNKS = 3
+N_TOKENS = 200   # > the sliding window (48), so window and sinks meet cells the window forbids
+
+
+@pytest.fixture(scope="module")
+def swa_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_gemma2.write(tmp_path_factory.mktemp("gemma2") / "tiny-gemma2.gguf", tokenizer_from=model)
+
+
+def _ppl(build: Build, model: Path, text: Path, out: Path, **kw: object) -> perplexity.PerplexityResult:
+    settings = Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, **kw)  # 4 sequences per batch
+    return perplexity.measure(build, model, text, settings, save_logits=out)
+
+
+@pytest.mark.parametrize("fa", ["off", "on"], ids=["softmax", "flash-attn"])
+def test_swa_model_off_and_large_topk_equal_stock(stock_build: Build, patched_build: Build, swa_model: Path,
+                                                  short_text: Path, tmp_path: Path, fa: str) -> None:
+    stock = _ppl(stock_build, swa_model, short_text, tmp_path / "stock.bin", flash_attn=fa)
+    for name, kw in (("off", {"topk": 0}), ("K=4*ctx", {"topk": 4 * CTX, "mode": "group"})):
+        out = tmp_path / f"{name}.bin"
+        res = _ppl(patched_build, swa_model, short_text, out, flash_attn=fa, **kw)
+        assert (res.chunks, res.final) == (stock.chunks, stock.final), name
+        assert out.read_bytes() == (tmp_path / "stock.bin").read_bytes(), f"{name}: log-probabilities differ"
+    sparse = _ppl(patched_build, swa_model, short_text, tmp_path / "k8.bin", flash_attn=fa, topk=8)
+    assert sparse.final != stock.final
+
+
+@dataclass
+class Dense:
+    flash_attn: bool
+    logits: np.ndarray
+    kl_floor: float
+
+
+@pytest.fixture(scope="module")
+def weights(swa_model: Path) -> numpy_gemma2.Gemma2Weights:
+    return numpy_gemma2.load(swa_model)
+
+
+@pytest.fixture(scope="module")
+def tokens(swa_model: Path) -> list[int]:
+    m = llm.load(swa_model, n_ctx=512, n_threads=2)
+    toks = m.tokenize(corpus.default_text().read_text(encoding="utf-8")[:4000].encode(), add_bos=False)
+    m.close()
+    return toks[:N_TOKENS]
+
+
+def _ggml_logits(model: Path, tokens: list[int], flash_attn: bool, **sparsek: object) -> np.ndarray:
+    m = llm.load(model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
+                 flash_attn=flash_attn, **sparsek)
+    m.eval(tokens)
+    out = np.array(m.scores[: len(tokens)], copy=True)
+    m.close()
+    return out
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["softmax", "flash-attn"])
+def dense(request: pytest.FixtureRequest, swa_model: Path, tokens: list[int],
+          weights: numpy_gemma2.Gemma2Weights) -> Dense:
+    ggml = _ggml_logits(swa_model, tokens, request.param)
+    return Dense(request.param, ggml, numpy_llama.kl(numpy_gemma2.logits(weights, tokens), ggml))
+
+
+def test_dense_swa_matches_the_reference(dense: Dense) -> None:
+    print(f"\ndense fa={dense.flash_attn}: KL(ref||ggml) = {dense.kl_floor:.2e}")
+    assert dense.kl_floor < 1e-4
+
+
+def _check(weights: numpy_gemma2.Gemma2Weights, model: Path, tokens: list[int], dense: Dense, rule: dict,
+           ggml_settings: dict) -> tuple[bool, str]:
+    """As in tests/test_reference.py: within twice the rule's own near-tie sensitivity plus ggml's dense
+    rounding, and far closer to the sparse reference than dense ggml output is."""
+    wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window")}
+    ref = numpy_gemma2.logits(weights, tokens, **rule)
+    noisy = numpy_gemma2.logits(weights, tokens, selection_noise=0.01, **rule)
+    sensitivity = numpy_llama.kl(ref, noisy)
+    ggml = _ggml_logits(model, tokens, dense.flash_attn, **ggml_settings)
+    kl_sparse = numpy_llama.kl(ref, ggml)
+    kl_vs_dense = numpy_llama.kl(ref, dense.logits)
+    agree = float(np.mean(ref.argmax(-1) == ggml.argmax(-1)))
+    bound = 2 * sensitivity + 3 * dense.kl_floor + 1e-5
+    report = (f"{ggml_settings} fa={dense.flash_attn}{' wrong rule ' + str(wrong) if wrong else ''}: "
+              f"KL(ref||ggml) = {kl_sparse:.2e} (bound {bound:.2e}), KL(ref||ggml dense) = {kl_vs_dense:.2e}, "
+              f"argmax agreement {agree:.3f}")
+    ok = bool(np.isfinite(kl_sparse)) and kl_sparse < bound and 3 * kl_sparse < kl_vs_dense and agree > 0.9
+    return ok, report
+
+
+CASES = [
+    {"topk": 8},
+    {"topk": 16, "mode": "group"},
+    {"topk": 8, "mode": "token"},
+    {"topk": 8, "window": 4, "sinks": 2},   # sinks lie outside the sliding window for most rows: never kept there
+    {"topk": 8, "stride": 16},
+]
+
+
+def _rule(settings: dict) -> dict:
+    return {"top_k": settings["topk"], "mode": settings.get("mode", "head"), "window": settings.get("window", 0),
+            "stride": settings.get("stride", 0), "sinks": settings.get("sinks", 0)}
+
+
+@pytest.mark.parametrize("settings", CASES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_sparsek_on_swa_matches_the_reference(weights: numpy_gemma2.Gemma2Weights, swa_model: Path,
+                                              tokens: list[int], dense: Dense, settings: dict) -> None:
+    ok, report = _check(weights, swa_model, tokens, dense, _rule(settings), settings)
+    print("\n" + report)
+    assert ok, report
+
+
+@pytest.mark.parametrize("wrong", [{"lowest": True}, {"select_past_window": True}], ids=["lowest", "past-window"])
+def test_the_swa_check_rejects_wrong_rules(weights: numpy_gemma2.Gemma2Weights, swa_model: Path,
+                                           tokens: list[int], dense: Dense, wrong: dict) -> None:
+    """Keeping the K lowest, or choosing the K among cells the sliding window forbids, must fail the check."""
+    settings = {"topk": 16}
+    ok, report = _check(weights, swa_model, tokens, dense, {**_rule(settings), **wrong}, settings)
+    print("\n" + report)
+    assert not ok, report
