@@ -6,7 +6,8 @@ configuration in turn, switching Sparse-K with llama_set_sparsek; `perf` is atta
 are decoded. Symbols are grouped into the parts of an attention step (scores, selection, attention, weights).
 Needs `perf` (Debian linux-perf) and the patched CPU build.
 
-Usage: .venv/bin/python scripts/cpu_profile.py [--depth 8192] [--tokens 32] [--configs dense,256:head,256:token]
+Usage: .venv/bin/python scripts/cpu_profile.py [--depth 8192] [--tokens 33] [--configs dense,256:head,256:token]
+       .venv/bin/python scripts/cpu_profile.py --tokens 513 --batch 512      # prompt processing instead
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import time
 from pathlib import Path
 
 CATEGORIES = [  # first match wins; patterns are on perf's symbol names
-    ("Sparse-K mask op (selection)", re.compile(r"sparsek", re.I)),
+    ("Sparse-K mask op (selection)", re.compile(r"sparsek|introselect|nth_element", re.I)),
     ("flash attention kernel (softmax, V sums, mask scan)", re.compile(r"flash_attn")),
-    ("f16 q·k dot products (scores for the selection + FA's own)", re.compile(r"vec_dot_f16")),
+    ("f16 q·k products (FA's own when dense; the selection's scores: vec_dot / tinyBLAS GEMM)",
+     re.compile(r"vec_dot_f16|tinyBLAS")),
     ("f16 V accumulation", re.compile(r"vec_mad")),
     ("weight matmuls (Q4_1/Q8 dot products, activation quantization)",
      re.compile(r"vec_dot_q|quantize_row_q|gemv|gemm")),
@@ -62,10 +64,13 @@ def child(args: argparse.Namespace) -> int:
         print(f"READY {label}", flush=True)
         sys.stdin.readline()
         t0 = time.perf_counter()
-        for _ in range(args.tokens - 1):
-            m.eval([toks[pos]])
-            pos += 1
-        print(f"DONE {(time.perf_counter() - t0) / (args.tokens - 1) * 1e3:.3f}", flush=True)
+        n_done = 0
+        while n_done < args.tokens - 1:
+            step = min(args.batch, args.tokens - 1 - n_done)
+            m.eval(toks[pos: pos + step])
+            pos += step
+            n_done += step
+        print(f"DONE {(time.perf_counter() - t0) / n_done * 1e3:.3f}", flush=True)
     m.close()
     return 0
 
@@ -75,7 +80,7 @@ def perf_shares(data: Path, show: int = 0) -> dict[str, float]:
                           "--percent-limit", "0.05"], capture_output=True, text=True, check=True).stdout
     shares: dict[str, float] = {}
     for line in out.splitlines():
-        hit = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(\S+)", line)
+        hit = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.+?)\s*$", line)
         if not hit:
             continue
         pct, sym = float(hit.group(1)), f"{hit.group(2)}:{hit.group(3)}"
@@ -91,6 +96,7 @@ def parent(args: argparse.Namespace) -> int:
     from pysparsek import machine
 
     cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--tokens", str(args.tokens),
+           "--batch", str(args.batch),
            "--configs", args.configs, "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin and proc.stdout
@@ -116,7 +122,8 @@ def parent(args: argparse.Namespace) -> int:
     if proc.wait() != 0:
         return proc.returncode
     print(f"machine: {machine.one_line()}; threads {args.threads}")
-    print(f"decode at depth {args.depth}, {args.tokens - 1} tokens per configuration, flash attention on; "
+    what = "decode" if args.batch == 1 else f"prefill in batches of {args.batch}"
+    print(f"{what} at depth {args.depth}, {args.tokens - 1} tokens per configuration, flash attention on; "
           "ms per token by part (perf samples of the process × measured time per token)\n")
     names = [name for name, _ in CATEGORIES] + [OTHER]
     print(f"| part | {' | '.join(label for label, _, _ in results)} |")
@@ -138,6 +145,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=8192)
     ap.add_argument("--tokens", type=int, default=33, help="decode steps per configuration (first one unmeasured)")
+    ap.add_argument("--batch", type=int, default=1, help="tokens per decode call: 1 = token generation, "
+                    "e.g. 512 with --tokens 513 = one prompt-processing step")
     ap.add_argument("--configs", default="dense,256:head,256:group,256:token,64:head")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--show-symbols", type=int, default=0, metavar="N", help="print each run's top N symbols")
