@@ -70,19 +70,23 @@ def test_small_topk_changes_the_result(stock_run, patched_build: Build, model: P
     assert res.ppl > stock.ppl  # attending to 8 cells loses information
 
 
-@pytest.mark.parametrize("mode", ["head", "token"])
+@pytest.mark.parametrize(("mode", "bound"), [("head", 4e-3), ("group", 4e-3), ("token", 2e-2)])
 def test_flash_attn_and_softmax_paths_agree_under_sparsek(patched_build: Build, model: Path, short_text: Path,
-                                                          tmp_path: Path, mode: str) -> None:
+                                                          mode: str, bound: float) -> None:
     """Both paths select from the same kq; they differ only in attention arithmetic (F16 Q, online softmax).
-    Dense, that is ~1e-3 relative in perplexity; under Sparse-K a tiny difference in one layer's output can flip
-    a near-tie selection in the next, so the paths drift further apart (measured here: 7.7e-3 head, 2.8e-3
-    token at K=64 on 384 scored tokens). The bound is 1e-2; tests/test_reference.py holds each path to the
-    independent reference separately."""
-    off = _run(patched_build, model, short_text, tmp_path / "off.bin", flash_attn="off", topk=64, mode=mode)
-    on = _run(patched_build, model, short_text, tmp_path / "on.bin", flash_attn="on", topk=64, mode=mode)
-    rel = abs(on.ppl - off.ppl) / off.ppl
-    print(f"\nK=64 {mode}: PPL soft_max {off.final}, flash attention {on.final}, relative difference {rel:.2e}")
-    assert rel < 1e-2
+    Dense, that is 7.7e-4 relative in perplexity at ctx 512 (tests/baselines); under Sparse-K a tiny difference
+    in one layer's output can flip a near-tie selection in the next, so the paths drift further apart: head mode
+    3.5e-4 to 3.6e-3 over K = 16..512 (README), measured here on 1024 scored tokens. `token` mode lets one flip
+    change the set of all 9 heads at once and is the most sensitive rule (tests/test_reference.py): ~1e-2."""
+    ppl = {}
+    for fa in ("off", "on"):
+        res = perplexity.measure(patched_build, model, short_text,
+                                 Settings(ctx=512, chunks=4, flash_attn=fa, topk=64, mode=mode))
+        ppl[fa] = res
+    rel = abs(ppl["on"].ppl - ppl["off"].ppl) / ppl["off"].ppl
+    print(f"\nK=64 {mode}: PPL soft_max {ppl['off'].final}, flash attention {ppl['on'].final}, "
+          f"relative difference {rel:.2e}")
+    assert rel < bound
 
 
 # quantized caches: stock needs flash attention for a quantized V cache, so soft_max is tested with a q8_0 K only
