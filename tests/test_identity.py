@@ -17,9 +17,12 @@ CTX = 256
 CHUNKS = 3
 
 
+def _settings(**kw: object) -> Settings:
+    return Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, **kw)  # 4 sequences per batch
+
+
 def _run(build: Build, model: Path, text: Path, out: Path, **kw: object) -> perplexity.PerplexityResult:
-    settings = Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, **kw)  # 4 sequences per batch
-    return perplexity.measure(build, model, text, settings, save_logits=out)
+    return perplexity.measure(build, model, text, _settings(**kw), save_logits=out)
 
 
 def _assert_identical(a: perplexity.PerplexityResult, b: perplexity.PerplexityResult, fa: Path, fb: Path) -> None:
@@ -116,9 +119,7 @@ def test_quantized_cache_sparsek_runs_and_stays_close(stock_quant_run, patched_b
     # the scores for the selection are computed from the quantized K cache (ggml_mul_mat dequantizes)
     fa, extra, stock, stock_file = stock_quant_run
     res = perplexity.measure(patched_build, model, short_text,
-                             Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, flash_attn=fa, extra=extra,
-                                      topk=64, mode=mode),
-                             kld_base=stock_file)
+                             _settings(flash_attn=fa, extra=extra, topk=64, mode=mode), kld_base=stock_file)
     assert res.final != stock.final
     # K=64 of 256 on f16 caches costs ~0.06 KL at ctx 512 (tests/baselines); a broken q8_0 path costs far more
     assert res.kld_mean is not None and 0 < res.kld_mean < 0.15

@@ -8,19 +8,20 @@ layer's own mask (sliding window for even layers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pysparsek import corpus, llm, perplexity
+from pysparsek import perplexity
 from pysparsek.build import Build
 from pysparsek.perplexity import Settings
 
 import numpy_gemma2
 import numpy_llama
+import reference_check
 import tiny_gemma2
+from reference_check import Dense
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
@@ -52,13 +53,6 @@ def test_swa_model_off_and_large_topk_equal_stock(stock_build: Build, patched_bu
     assert sparse.final != stock.final
 
 
-@dataclass
-class Dense:
-    flash_attn: bool
-    logits: np.ndarray
-    kl_floor: float
-
-
 @pytest.fixture(scope="module")
 def weights(swa_model: Path) -> numpy_gemma2.Gemma2Weights:
     return numpy_gemma2.load(swa_model)
@@ -66,25 +60,13 @@ def weights(swa_model: Path) -> numpy_gemma2.Gemma2Weights:
 
 @pytest.fixture(scope="module")
 def tokens(swa_model: Path) -> list[int]:
-    m = llm.load(swa_model, n_ctx=512, n_threads=2)
-    toks = m.tokenize(corpus.default_text().read_text(encoding="utf-8")[:4000].encode(), add_bos=False)
-    m.close()
-    return toks[:N_TOKENS]
-
-
-def _ggml_logits(model: Path, tokens: list[int], flash_attn: bool, **sparsek: object) -> np.ndarray:
-    m = llm.load(model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
-                 flash_attn=flash_attn, **sparsek)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    m.close()
-    return out
+    return reference_check.text_tokens(swa_model, N_TOKENS)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["softmax", "flash-attn"])
 def dense(request: pytest.FixtureRequest, swa_model: Path, tokens: list[int],
           weights: numpy_gemma2.Gemma2Weights) -> Dense:
-    ggml = _ggml_logits(swa_model, tokens, request.param)
+    ggml = reference_check.ggml_logits(swa_model, tokens, request.param)
     return Dense(request.param, ggml, numpy_llama.kl(numpy_gemma2.logits(weights, tokens), ggml))
 
 
@@ -95,22 +77,9 @@ def test_dense_swa_matches_the_reference(dense: Dense) -> None:
 
 def _check(weights: numpy_gemma2.Gemma2Weights, model: Path, tokens: list[int], dense: Dense, rule: dict,
            ggml_settings: dict) -> tuple[bool, str]:
-    """As in tests/test_reference.py: within twice the rule's own near-tie sensitivity plus ggml's dense
-    rounding, and far closer to the sparse reference than dense ggml output is."""
-    wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window")}
-    ref = numpy_gemma2.logits(weights, tokens, **rule)
-    noisy = numpy_gemma2.logits(weights, tokens, selection_noise=0.01, **rule)
-    sensitivity = numpy_llama.kl(ref, noisy)
-    ggml = _ggml_logits(model, tokens, dense.flash_attn, **ggml_settings)
-    kl_sparse = numpy_llama.kl(ref, ggml)
-    kl_vs_dense = numpy_llama.kl(ref, dense.logits)
-    agree = float(np.mean(ref.argmax(-1) == ggml.argmax(-1)))
-    bound = 2 * sensitivity + 3 * dense.kl_floor + 1e-5
-    report = (f"{ggml_settings} fa={dense.flash_attn}{' wrong rule ' + str(wrong) if wrong else ''}: "
-              f"KL(ref||ggml) = {kl_sparse:.2e} (bound {bound:.2e}), KL(ref||ggml dense) = {kl_vs_dense:.2e}, "
-              f"argmax agreement {agree:.3f}")
-    ok = bool(np.isfinite(kl_sparse)) and kl_sparse < bound and 3 * kl_sparse < kl_vs_dense and agree > 0.9
-    return ok, report
+    v = reference_check.check(functools.partial(numpy_gemma2.logits, weights), rule, model, tokens, dense,
+                              ggml_settings, min_agree=0.9, slack=1e-5)
+    return v.ok, v.report
 
 
 CASES = [
