@@ -10,6 +10,8 @@ BACKEND := cuda
 endif
 PATCH_DIR ?= patches
 DEMO_TOPK ?= 64,256
+# decode at depth 8192 is where Sparse-K pays on a CPU; depth 0 shows what it costs where it cannot help
+DEMO_DEPTHS ?= 0,8192
 
 # cmake/ninja installed from PyPI into the venv are found too
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -18,7 +20,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
         demo test regress lint doctor clean distclean
 
 help:
-	@echo "make demo            build stock + patched llama.cpp, then pysparsek bench on SmolLM2 (the main job)"
+	@echo "make demo            build stock + patched llama.cpp, then pysparsek bench on SmolLM2 (the main job, ~10 min on 2 cores)"
 	@echo "make test            build both, run the test suite and the perplexity regression guard (what CI runs)"
 	@echo "make regress         only the regression guard (pysparsek regress; --update-baseline after an intended change)"
 	@echo "make stock-build     llama.cpp at the pin                 (BACKEND=cpu|cuda, or GGML_CUDA=1)"
@@ -61,7 +63,7 @@ patched-build: venv
 builds: stock-build patched-build
 
 demo: builds
-	$(PY) -m pysparsek bench --topk $(DEMO_TOPK) --backend $(BACKEND)
+	$(PY) -m pysparsek bench --topk $(DEMO_TOPK) --depths $(DEMO_DEPTHS) --backend $(BACKEND)
 
 # the suite, then the perplexity regression guard against tests/baselines/ (CI runs exactly this)
 test: builds

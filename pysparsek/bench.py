@@ -41,7 +41,7 @@ class BenchOptions:
     stride: int = 0
     sinks: int = 0
     mode: str = "head"
-    depths: list[int] = field(default_factory=lambda: [0, 2048])
+    depths: list[int] = field(default_factory=lambda: [0, 8192])
     n_prompt: int = 512
     n_gen: int = 32
     reps: int = 2
@@ -100,7 +100,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
     speed_doc: dict[str, Any] = {"dense": [], "sparse": []}
     if not o.skip_speed:
         configs = [speed.Config()] + [speed.Config(k, o.mode, o.window) for k in o.topks]
-        bar = tqdm(total=o.rounds * len(configs), desc="llama-bench", unit="run", disable=o.quiet)
+        bar = tqdm(total=o.rounds * len(speed.batches(configs)), desc="llama-bench", unit="run", disable=o.quiet)
 
         def step(label: str) -> None:
             bar.set_postfix_str(label)
@@ -155,6 +155,25 @@ def speed_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(doc: dict[str, Any]) -> str:
+    """Where Sparse-K pays: each K's ratio to dense at the deepest depth measured, decode and prompt."""
+    sparse = doc["speed"]["sparse"]
+    if not sparse:
+        return ""
+    depth = max(s["depth"] for s in sparse)
+    lines = [f"at depth {depth} (tokens already in the KV cache), Sparse-K vs dense on this machine:"]
+    for k in sorted({s["top_k"] for s in sparse}):
+        parts = []
+        for s in sorted((s for s in sparse if s["top_k"] == k and s["depth"] == depth), key=lambda s: s["test"],
+                        reverse=True):
+            kind = "decode" if s["test"].startswith("tg") else "prompt"
+            parts.append(f"{kind} ({s['test']}) {s['ratio']:.2f}× ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})")
+        q = next((r for r in doc["quality"]["sparse"] if r["top_k"] == k), None)
+        quality = f"; PPL {q['delta_ppl_pct']:+.2f} %, KL {q['kl_mean']:.4f}" if q else ""
+        lines.append(f"  K={k} {sparse[0]['mode']}: " + ", ".join(parts) + quality)
+    return "\n".join(lines)
+
+
 def header(doc: dict[str, Any]) -> str:
     o = doc["options"]
     return (f"model {Path(doc['model']['path']).name} (sha256 {doc['model']['sha256'][:12]}), "
@@ -174,7 +193,7 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
     written += plots.write(doc, out)
     md = ["# pysparsek bench", "", "```", header(doc), "```", "", "## Quality", "", "```", quality_table(doc), "```",
           "", "## Speed (ratio = Sparse-K t/s / dense t/s, median of interleaved rounds; spread = min-max)", "",
-          "```", speed_table(doc), "```", ""]
+          "```", speed_table(doc), "```", "", "```", headline(doc), "```", ""]
     md += [f"![{p.stem}]({p.name})" for p in written if p.suffix == ".png"]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return written

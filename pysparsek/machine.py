@@ -8,6 +8,8 @@ import platform
 import shutil
 import subprocess
 
+from pysparsek import amx
+
 
 def cpu_model() -> str:
     try:
@@ -32,8 +34,8 @@ def describe() -> dict[str, object]:
     mem = None
     with contextlib.suppress(ValueError, OSError):
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_bytes": mem, "os": f"{platform.system()} "
-            f"{platform.release()}", "python": platform.python_version(), "gpus": gpus()}
+    return {"cpu": cpu_model(), "cpu_amx": amx.cpu_amx_flags(), "cores": os.cpu_count(), "memory_bytes": mem,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(), "gpus": gpus()}
 
 
 def one_line(info: dict[str, object] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""PNG plots of a bench result: PPL and KL vs K; tokens/s vs depth for each K."""
+"""PNG plots of a bench result: quality vs K (ΔPPL and KL, each on its own axis); speed and ratio to dense vs depth."""
 
 from __future__ import annotations
 
@@ -13,20 +13,35 @@ import matplotlib.pyplot as plt
 
 def quality(doc: dict[str, Any], path: Path) -> Path:
     q = doc["quality"]
-    ks = [s["top_k"] for s in q["sparse"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ks, [s["ppl"] for s in q["sparse"]], "o-", label="Sparse-K PPL")
-    ax.axhline(q["stock"]["ppl"], color="gray", linestyle="--", label="dense PPL")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("K (kept scores per query row)")
-    ax.set_ylabel("perplexity")
-    ax2 = ax.twinx()
-    ax2.plot(ks, [s["kl_mean"] for s in q["sparse"]], "s:", color="tab:red", label="KL vs dense")
-    ax2.set_ylabel("mean KL divergence", color="tab:red")
-    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax.legend(lines, labels, loc="upper right")
-    ax.set_title(Path(doc["model"]["path"]).name)
+    rows = sorted(q["sparse"], key=lambda s: s["top_k"])
+    ks = [s["top_k"] for s in rows]
+    fig, (ax_ppl, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
+
+    ax_ppl.plot(ks, [s["delta_ppl_pct"] for s in rows], "o-", color="tab:blue", label="Sparse-K")
+    ax_ppl.axhline(0.0, color="gray", linestyle="--", label=f"dense (PPL {q['stock']['ppl']:.3f})")
+    ax_ppl.set_yscale("symlog", linthresh=1.0)  # a few % and tens of % both readable; 0 (K >= context) stays on it
+    ax_ppl.set_ylabel("ΔPPL vs dense (%)")
+    ax_ppl.set_title("perplexity")
+
+    # KL is exactly 0 where K covers every row (identical to dense): a log axis cannot show it, so say so
+    positive = [(k, s["kl_mean"]) for k, s in zip(ks, rows, strict=True) if s["kl_mean"] > 0]
+    zero = [k for k, s in zip(ks, rows, strict=True) if s["kl_mean"] <= 0]
+    if positive:
+        ax_kl.plot(*zip(*positive, strict=True), "s-", color="tab:red", label="Sparse-K")
+        ax_kl.set_yscale("log")
+    for k in zero:
+        ax_kl.axvline(k, color="tab:green", linestyle=":", label=f"K={k}: KL 0 (identical to dense)")
+    ax_kl.set_ylabel("mean KL divergence vs dense (nats)")
+    ax_kl.set_title("KL divergence (dense = 0)")
+
+    for ax in (ax_ppl, ax_kl):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("K (kept scores per query row)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper right", fontsize="small")
+    o = doc["options"]
+    fig.suptitle(f"{Path(doc['model']['path']).name}: ctx {o['ctx']}, {o['chunks']} chunks, mode {o['mode']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -38,17 +53,31 @@ def speed(doc: dict[str, Any], path: Path) -> Path | None:
     if not sp["dense"]:
         return None
     tests = sorted({d["test"] for d in sp["dense"]})
-    fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
-    for ax, test in zip(axes[0], tests, strict=True):
+    ks = sorted({s["top_k"] for s in sp["sparse"]})
+    fig, axes = plt.subplots(2, len(tests), figsize=(5 * len(tests), 7), squeeze=False, sharex="col")
+    for col, test in enumerate(tests):
+        ax_ts, ax_ratio = axes[0][col], axes[1][col]
         dense = sorted((d["depth"], d["tokens_per_s"]) for d in sp["dense"] if d["test"] == test)
-        ax.plot(*zip(*dense, strict=True), "o--", color="gray", label="dense")
-        for k in sorted({s["top_k"] for s in sp["sparse"]}):
-            pts = sorted((s["depth"], s["tokens_per_s"]) for s in sp["sparse"] if s["test"] == test and s["top_k"] == k)
-            ax.plot(*zip(*pts, strict=True), "o-", label=f"K={k}")
-        ax.set_title(test)
-        ax.set_xlabel("depth (tokens already in the KV cache)")
-        ax.set_ylabel("tokens/s")
-        ax.legend()
+        ax_ts.plot(*zip(*dense, strict=True), "o--", color="gray", label="dense")
+        ax_ratio.axhline(1.0, color="gray", linestyle="--", label="dense")
+        for k in ks:
+            pts = sorted((s["depth"], s["tokens_per_s"], s["ratio"], s["ratio_min"], s["ratio_max"])
+                         for s in sp["sparse"] if s["test"] == test and s["top_k"] == k)
+            depths = [p[0] for p in pts]
+            ax_ts.plot(depths, [p[1] for p in pts], "o-", label=f"K={k}")
+            ratio = [p[2] for p in pts]
+            err = [[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]]
+            ax_ratio.errorbar(depths, ratio, yerr=err, fmt="o-", capsize=3, label=f"K={k}")
+            for d, r in zip(depths, ratio, strict=True):
+                ax_ratio.annotate(f"{r:.2f}×", (d, r), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        ax_ts.set_title(f"{test}: tokens/s")
+        ax_ts.set_ylabel("tokens/s")
+        ax_ratio.set_title(f"{test}: Sparse-K / dense (median of rounds, bars = min-max)")
+        ax_ratio.set_ylabel("ratio to dense")
+        ax_ratio.set_xlabel("depth (tokens already in the KV cache)")
+        for ax in (ax_ts, ax_ratio):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -44,12 +44,14 @@ class Measurement:
         return statistics.median(self.samples_ts)
 
 
-def bench_once(build: Build, model: Path, config: Config, *, n_prompt: int, n_gen: int, depths: list[int],
-               reps: int, threads: int | None, flash_attn: bool, ngl: int, extra: tuple[str, ...] = ()) -> list[dict]:
+def bench_once(build: Build, model: Path, top_ks: list[int], mode: str, window: int, *, n_prompt: int, n_gen: int,
+               depths: list[int], reps: int, threads: int | None, flash_attn: bool, ngl: int,
+               extra: tuple[str, ...] = ()) -> list[dict]:
+    """One llama-bench process over several K (0 = dense) with one mode and window."""
     cmd = [str(build.tool("llama-bench")), "-m", str(model), "-o", "json", "-r", str(reps),
            "-p", str(n_prompt), "-n", str(n_gen), "-d", ",".join(map(str, depths)),
            "-fa", "1" if flash_attn else "0", "-ngl", str(ngl),
-           "-sk", str(config.top_k), "-skm", config.mode, "-skw", str(config.window), *extra]
+           "-sk", ",".join(map(str, top_ks)), "-skm", mode, "-skw", str(window), *extra]
     if threads:
         cmd += ["-t", str(threads)]
     try:
@@ -66,17 +68,46 @@ def test_name(record: dict[str, Any]) -> str:
     return f"pp{record['n_prompt']}" if record["n_prompt"] else f"tg{record['n_gen']}"
 
 
+def record_config(record: dict[str, Any]) -> Config:
+    if int(record["sparsek_topk"]) == 0:
+        return Config()
+    return Config(int(record["sparsek_topk"]), str(record["sparsek_mode"]), int(record["sparsek_window"]))
+
+
+def batches(configs: list[Config]) -> list[tuple[str, int, list[int]]]:
+    """Configs grouped into llama-bench runs: one per (mode, window), dense (K=0) in the first."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for c in configs:
+        if c.top_k > 0:
+            groups.setdefault((c.mode, c.window), []).append(c.top_k)
+    if Config() in configs:
+        if not groups:
+            groups[("head", 0)] = []
+        first = next(iter(groups))
+        groups[first].insert(0, 0)
+    return [(mode, window, ks) for (mode, window), ks in groups.items()]
+
+
 def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int, n_prompt: int, n_gen: int,
                 depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
                 progress: Callable[[str], None] | None = None) -> list[Measurement]:
-    """`rounds` passes over all configs in turn; each pass runs llama-bench once per config."""
+    """`rounds` passes over all configs; within a pass dense and every K run in turn.
+
+    Dense and the Ks of one mode share one llama-bench process per pass, so the KV cache at each depth is filled
+    once (densely) and restored for the other runs (llama-bench's own depth cache): decode and prompt speed at a
+    depth do not depend on how the cache was filled, and the fill dominates the run time at long depths.
+    """
     results: dict[tuple[Config, str, int], Measurement] = {}
+    wanted = set(configs)
     for r in range(rounds):
-        for config in configs:
+        for mode, window, top_ks in batches(configs):
             if progress:
-                progress(f"round {r + 1}/{rounds}: {config.label}")
-            for rec in bench_once(build, model, config, n_prompt=n_prompt, n_gen=n_gen, depths=depths, reps=reps,
-                                  threads=threads, flash_attn=flash_attn, ngl=ngl):
+                progress(f"round {r + 1}/{rounds}: K={','.join(map(str, top_ks))} {mode}")
+            for rec in bench_once(build, model, top_ks, mode, window, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
+                                  reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl):
+                config = record_config(rec)
+                if config not in wanted:
+                    raise SpeedError(f"llama-bench reported a run nobody asked for: {config.label}")
                 key = (config, test_name(rec), int(rec["n_depth"]))
                 m = results.setdefault(key, Measurement(config, key[1], key[2]))
                 m.samples_ts.append(float(rec["avg_ts"]))

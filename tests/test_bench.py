@@ -105,3 +105,15 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     assert len(recs) == 24
     assert sorted({r["sparsek_topk"] for r in recs}) == [0, 16, 64]
     assert "| K" not in proc.stdout and "ΔPPL" in proc.stdout
+    # the closing lines name the deepest depth's ratio per K, as measured
+    ratio = next(s["ratio"] for s in sp["sparse"] if (s["top_k"], s["test"], s["depth"]) == (64, "tg4", 256))
+    assert "at depth 256" in proc.stdout and f"K=64 head: decode (tg4) {ratio:.2f}×" in proc.stdout
+
+
+def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
+    from pysparsek.speed import Config, batches
+
+    assert batches([Config(), Config(64), Config(256)]) == [("head", 0, [0, 64, 256])]
+    assert batches([Config(), Config(64, "group"), Config(64, "token"), Config(256, "group")]) == [
+        ("group", 0, [0, 64, 256]), ("token", 0, [64])]
+    assert batches([Config()]) == [("head", 0, [0])]
