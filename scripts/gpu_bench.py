@@ -28,6 +28,7 @@ SHAPES = {
     "llama3.2-1b": (16, 2048, 32, 8, 8192, 128256, 500000.0),
 }
 TARGETS = ["llama-bench", "test-backend-ops", "llama-quantize"]
+NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "pysparsek" / "cmake" / "ggml_no_amx.cmake"
 
 
 def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -56,7 +57,9 @@ def step_build(a: argparse.Namespace) -> None:
         sh(["cmake", "-S", str(tree(work, flavor)), "-B", str(b), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
             "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('CUDA_ARCH', '90')}",
             "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-            "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON"], stdout=subprocess.DEVNULL)
+            "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON",
+            # as pysparsek builds: no AMX kernels (they die with SIGILL at the pin on AMX hosts)
+            f"-DCMAKE_PROJECT_ggml_INCLUDE={NO_AMX_CMAKE}"], stdout=subprocess.DEVNULL)
         sh(["cmake", "--build", str(b), "-j", str(a.jobs), "--target", *TARGETS])
         print(f"built {flavor} in {time.time() - t0:.0f} s", flush=True)
 

@@ -63,12 +63,23 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
+def pooled_scores(logits: np.ndarray) -> np.ndarray:
+    """[n_heads_in_set, n_cells] -> [n_cells]: one head's logits as they are, else max over heads of log-softmax."""
+    if logits.shape[0] == 1:
+        return logits[0]
+    peak = logits.max(axis=1, keepdims=True)
+    log_prob = logits - (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
+    return log_prob.max(axis=0)
+
+
 def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list[list[int]], window: int = 0,
                  stride: int = 0, sinks: int = 0, lowest: bool = False) -> np.ndarray:
-    """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok]; allowed
-    [n_tok, n_tok] is the model's own mask (causal, sliding window). Kept = allowed ∩ (top_k of the set's pooled
-    (max) scores, ties to the lowest position ∪ the `window` most recent allowed ∪ stride multiples ∪ first
-    `sinks`); rows with <= top_k allowed cells are kept whole. `lowest`: a deliberately wrong rule (K lowest)."""
+    """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok] are the logits
+    attention uses (scaled, soft-capped); allowed [n_tok, n_tok] is the model's own mask (causal, sliding window).
+    Kept = allowed ∩ (top_k of the set's pooled scores, ties to the lowest position ∪ the `window` most recent
+    allowed ∪ stride multiples ∪ first `sinks`); rows with <= top_k allowed cells are kept whole. A set of one head
+    ranks its logits; a set of several ranks each cell by the highest log-probability any of its heads gives it
+    (log-softmax over the allowed cells). `lowest`: a deliberately wrong rule (K lowest)."""
     n_tok = scores.shape[1]
     keep = np.zeros(scores.shape, dtype=bool)
     pos = np.arange(n_tok)
@@ -84,7 +95,7 @@ def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list
         by_position[:sinks] = True
         by_position &= allowed[t]
         for heads in sets:
-            pooled = scores[heads, t][:, cells].max(axis=0)
+            pooled = pooled_scores(scores[heads, t][:, cells])
             order = np.argsort(pooled if lowest else -pooled, kind="stable")[:top_k]
             keep[np.ix_(heads, [t], cells[order])] = True
             keep[np.ix_(heads, [t], np.flatnonzero(by_position))] = True
