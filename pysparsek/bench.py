@@ -102,13 +102,19 @@ def run(o: BenchOptions) -> dict[str, Any]:
         configs = [speed.Config()] + [speed.Config(k, o.mode, o.window) for k in o.topks]
         bar = tqdm(total=o.rounds * len(speed.batches(configs)), desc="llama-bench", unit="run", disable=o.quiet)
 
+        started = [False]
+
         def step(label: str) -> None:
+            # called as each run starts: the previous one has finished
+            if started[0]:
+                bar.update()
+            started[0] = True
             bar.set_postfix_str(label)
-            bar.update()
 
         meas = speed.interleaved(patched, o.model, configs, rounds=o.rounds, n_prompt=o.n_prompt, n_gen=o.n_gen,
                                  depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn,
                                  ngl=o.ngl, progress=step)
+        bar.update()
         bar.close()
         speed_doc = speed_json(speed.ratios(meas), meas)
         records = [rec for m in meas for rec in m.records]

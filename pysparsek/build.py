@@ -99,6 +99,11 @@ def ccache_env() -> dict[str, str]:
     }
 
 
+def keep_amx() -> bool:
+    """PYSPARSEK_AMX=on keeps ggml's AMX kernels, for hosts whose kernel runs them (they are faster there)."""
+    return os.environ.get("PYSPARSEK_AMX", "off").lower() in ("on", "1", "yes")
+
+
 def cmake_args(backend: str) -> list[str]:
     args = [
         "-DCMAKE_BUILD_TYPE=Release",
@@ -112,11 +117,12 @@ def cmake_args(backend: str) -> list[str]:
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_OPENSSL=OFF",
-        f"-DCMAKE_PROJECT_ggml_INCLUDE={NO_AMX_CMAKE}",
         # tests read the exact compile commands (e.g. to check what an AMX CPU would get)
         "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
         f"-DGGML_CCACHE={'ON' if shutil.which('ccache') else 'OFF'}",
     ]
+    if not keep_amx():
+        args.append(f"-DCMAKE_PROJECT_ggml_INCLUDE={NO_AMX_CMAKE}")
     if shutil.which("ninja"):
         args = ["-G", "Ninja", *args]
     if backend == "cuda":

@@ -188,11 +188,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if ran and all(item["quality"]["identical"] for item in ran) else 1  # type: ignore[index]
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from pysparsek import convert
+def _given_sparsek(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
+            if getattr(args, name) is not None}
 
-    sparsek = {name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
-               if getattr(args, name) is not None}
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pysparsek import convert, recommended
+
+    sparsek = _given_sparsek(args)
+    if not args.exact:
+        sparsek = recommended.complete(sparsek)
     suffix = args.quant or args.outtype
     out = Path(args.outfile) if args.outfile else Path(f"{Path(args.checkpoint).name}-{suffix}.gguf")
     done = convert.convert(args.checkpoint, out, outtype=args.outtype, quant=args.quant, sparsek=sparsek or None,
@@ -236,7 +242,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
-    from pysparsek import meta
+    from pysparsek import meta, recommended
 
     model = Path(args.model)
     if args.action == "show":
@@ -248,11 +254,11 @@ def cmd_meta(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise meta.MetaError(f"meta {args.action} writes a new file: give -o/--output")
-    values = {} if args.action == "clear" else {
-        name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
-        if getattr(args, name) is not None}
+    values = {} if args.action == "clear" else _given_sparsek(args)
     if args.action == "set" and not values:
         raise meta.MetaError("meta set needs at least one of --topk, --window, --stride, --sinks, --mode")
+    if args.action == "set" and not args.exact:
+        values = recommended.complete(values, meta.read(model))
     out = meta.write(model, Path(args.output), values, clear=args.action == "clear")
     print(f"wrote {out}: " + (", ".join(f"{k}={v}" for k, v in meta.read(out).items()) or "no Sparse-K metadata"))
     return 0
@@ -299,7 +305,13 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topk", dest="top_k", type=_non_negative, help="Sparse-K top_k to store (0 = off)")
+    from pysparsek.recommended import RECOMMENDED
+
+    rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.items())
+    p.add_argument("--topk", dest="top_k", type=_non_negative, help="Sparse-K top_k to store (0 = off); a K > 0 "
+                   f"also stores the recommended settings not given here or already in the file ({rec}; measured, "
+                   "see README) unless --exact")
+    p.add_argument("--exact", action="store_true", help="store only the settings given")
     p.add_argument("--window", type=_non_negative, help="Sparse-K window to store")
     p.add_argument("--stride", type=_non_negative, help="Sparse-K stride to store")
     p.add_argument("--sinks", type=_non_negative, help="Sparse-K sinks to store")

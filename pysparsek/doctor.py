@@ -65,8 +65,9 @@ def _amx_state(b: builds.Build) -> str:
     except (FileNotFoundError, OSError) as exc:
         return f"cannot inspect {lib.name}: {exc}"
     if found:
-        return (f"PRESENT: {len(found)} AMX tile instructions in {lib.name}; on an AMX CPU this build dies with "
-                f"SIGILL (rebuild: make clean builds)")
+        why = "kept on purpose (PYSPARSEK_AMX=on)" if builds.keep_amx() else "rebuild: make clean builds"
+        return (f"PRESENT: {len(found)} AMX tile instructions in {lib.name}; on CPUs where the pinned AMX code "
+                f"faults this build dies with SIGILL ({why})")
     return f"left out (no AMX tile instructions in {lib.name}; ggml-cpu built with {_arch_flags(b)})"
 
 

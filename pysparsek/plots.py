@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 
 def quality(doc: dict[str, Any], path: Path) -> Path:
@@ -18,8 +19,12 @@ def quality(doc: dict[str, Any], path: Path) -> Path:
     fig, (ax_ppl, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
 
     ax_ppl.plot(ks, [s["delta_ppl_pct"] for s in rows], "o-", color="tab:blue", label="Sparse-K")
+    for k, r in zip(ks, rows, strict=True):
+        ax_ppl.annotate(f"{r['delta_ppl_pct']:+.2f} %", (k, r["delta_ppl_pct"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize="small")
     ax_ppl.axhline(0.0, color="gray", linestyle="--", label=f"dense (PPL {q['stock']['ppl']:.3f})")
     ax_ppl.set_yscale("symlog", linthresh=1.0)  # a few % and tens of % both readable; 0 (K >= context) stays on it
+    ax_ppl.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_ppl.set_ylabel("ΔPPL vs dense (%)")
     ax_ppl.set_title("perplexity")
 
@@ -28,6 +33,8 @@ def quality(doc: dict[str, Any], path: Path) -> Path:
     zero = [k for k, s in zip(ks, rows, strict=True) if s["kl_mean"] <= 0]
     if positive:
         ax_kl.plot(*zip(*positive, strict=True), "s-", color="tab:red", label="Sparse-K")
+        for k, v in positive:
+            ax_kl.annotate(f"{v:.4f}", (k, v), textcoords="offset points", xytext=(4, 4), fontsize="small")
         ax_kl.set_yscale("log")
     for k in zero:
         ax_kl.axvline(k, color="tab:green", linestyle=":", label=f"K={k}: KL 0 (identical to dense)")
@@ -72,7 +79,7 @@ def speed(doc: dict[str, Any], path: Path) -> Path | None:
                 ax_ratio.annotate(f"{r:.2f}×", (d, r), textcoords="offset points", xytext=(4, 4), fontsize="small")
         ax_ts.set_title(f"{test}: tokens/s")
         ax_ts.set_ylabel("tokens/s")
-        ax_ratio.set_title(f"{test}: Sparse-K / dense (median of rounds, bars = min-max)")
+        ax_ratio.set_title(f"{test}: ratio to dense (median; bars: min-max)")
         ax_ratio.set_ylabel("ratio to dense")
         ax_ratio.set_xlabel("depth (tokens already in the KV cache)")
         for ax in (ax_ts, ax_ratio):

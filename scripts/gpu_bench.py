@@ -26,6 +26,7 @@ SHAPES = {
     # name: n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, rope_base
     "llama3-8b": (32, 4096, 32, 8, 14336, 128256, 500000.0),
     "llama3.2-1b": (16, 2048, 32, 8, 8192, 128256, 500000.0),
+    "tiny": (2, 512, 8, 4, 1024, 4096, 10000.0),  # seconds on a CPU: for checks, not for timings
 }
 TARGETS = ["llama-bench", "test-backend-ops", "llama-quantize"]
 NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "pysparsek" / "cmake" / "ggml_no_amx.cmake"

@@ -73,13 +73,14 @@ def pooled_scores(logits: np.ndarray) -> np.ndarray:
 
 
 def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list[list[int]], window: int = 0,
-                 stride: int = 0, sinks: int = 0, lowest: bool = False) -> np.ndarray:
+                 stride: int = 0, sinks: int = 0, lowest: bool = False, raw_max: bool = False) -> np.ndarray:
     """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok] are the logits
     attention uses (scaled, soft-capped); allowed [n_tok, n_tok] is the model's own mask (causal, sliding window).
     Kept = allowed ∩ (top_k of the set's pooled scores, ties to the lowest position ∪ the `window` most recent
     allowed ∪ stride multiples ∪ first `sinks`); rows with <= top_k allowed cells are kept whole. A set of one head
     ranks its logits; a set of several ranks each cell by the highest log-probability any of its heads gives it
-    (log-softmax over the allowed cells). `lowest`: a deliberately wrong rule (K lowest)."""
+    (log-softmax over the allowed cells). `lowest`: a deliberately wrong rule (K lowest); `raw_max`: the earlier
+    pooling by the max of raw logits, which lets the head with the largest logits take every slot."""
     n_tok = scores.shape[1]
     keep = np.zeros(scores.shape, dtype=bool)
     pos = np.arange(n_tok)
@@ -95,7 +96,7 @@ def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list
         by_position[:sinks] = True
         by_position &= allowed[t]
         for heads in sets:
-            pooled = pooled_scores(scores[heads, t][:, cells])
+            pooled = scores[heads, t][:, cells].max(axis=0) if raw_max else pooled_scores(scores[heads, t][:, cells])
             order = np.argsort(pooled if lowest else -pooled, kind="stable")[:top_k]
             keep[np.ix_(heads, [t], cells[order])] = True
             keep[np.ix_(heads, [t], np.flatnonzero(by_position))] = True
@@ -103,7 +104,7 @@ def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list
 
 
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
-           selection_noise: float = 0.0) -> np.ndarray:
+           selection_noise: float = 0.0, raw_max: bool = False) -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
     to measure how sensitive the result is to near-ties."""
     rng = np.random.default_rng(0)
@@ -131,7 +132,7 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         allowed = np.broadcast_to(causal, scores.shape)
         if top_k > 0:
             seen = scores + rng.normal(0.0, selection_noise, scores.shape) if selection_noise else scores
-            allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest)
+            allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest, raw_max=raw_max)
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)

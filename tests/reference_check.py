@@ -52,7 +52,7 @@ def check(reference: Callable[..., np.ndarray], rule: dict, model: Path, tokens:
     causes in the reference itself), plus ggml's dense rounding floor and a fixed `slack`; the build must also be
     far closer to the sparse reference than dense llama.cpp is.
     """
-    wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window") and v}
+    wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window", "raw_max") and v}
     ref = reference(tokens, **rule)
     sensitivity = numpy_llama.kl(ref, reference(tokens, selection_noise=0.01, **rule))
     ggml = ggml_logits(model, tokens, dense.flash_attn, **settings)

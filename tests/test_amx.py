@@ -17,7 +17,8 @@ import pytest
 from pysparsek import amx
 from pysparsek import build as builds
 
-pytestmark = pytest.mark.build
+pytestmark = [pytest.mark.build,
+              pytest.mark.skipif(builds.keep_amx(), reason="PYSPARSEK_AMX=on: AMX kernels kept on purpose")]
 
 NO_AMX = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
 AMX_CPU = "-march=sapphirerapids"  # the first Xeons with AMX

@@ -24,7 +24,7 @@ def model() -> Path:
 def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
     before = models.sha256_file(model)
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    proc = _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "16", "--mode", "token")
+    proc = _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "16", "--mode", "token", "--exact")
     assert proc.returncode == 0, proc.stderr
     assert meta.read(a) == {"top_k": 64, "window": 16, "mode": "token"}
     assert "top_k = 64" in _run("show", str(a)).stdout
@@ -69,3 +69,23 @@ def test_invalid_values_are_rejected(model: Path, tmp_path: Path) -> None:
     with pytest.raises(meta.MetaError, match="top_k must be an integer >= 0"):
         meta.write(model, tmp_path / "x.gguf", {"top_k": -1})
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_bare_topk_also_stores_the_recommended_settings(model: Path, tmp_path: Path) -> None:
+    from pysparsek.recommended import RECOMMENDED
+
+    out = tmp_path / "rec.gguf"
+    proc = _run("set", str(model), "-o", str(out), "--topk", "128")
+    assert proc.returncode == 0, proc.stderr
+    assert meta.read(out) == {"top_k": 128, **RECOMMENDED}
+
+
+def test_explicit_settings_mean_what_they_say(model: Path, tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
+    assert _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "0", "--mode", "head").returncode == 0
+    assert meta.read(a)["window"] == 0 and meta.read(a)["mode"] == "head"
+    # what the file already has is not replaced by a recommendation either
+    assert _run("set", str(a), "-o", str(b), "--topk", "256").returncode == 0
+    assert meta.read(b)["window"] == 0 and meta.read(b)["mode"] == "head" and meta.read(b)["top_k"] == 256
+    assert _run("set", str(model), "-o", str(c), "--topk", "64", "--exact").returncode == 0
+    assert meta.read(c) == {"top_k": 64}

@@ -52,11 +52,11 @@ def test_dense_matches_the_reference(ref_dense: np.ndarray, dense: Dense) -> Non
 
 
 def _check(weights: numpy_llama.LlamaWeights, model: Path, tokens: list[int], dense: Dense, top_k: int,
-           mode: str, lowest: bool = False) -> tuple[bool, str]:
+           mode: str, lowest: bool = False, raw_max: bool = False) -> tuple[bool, str]:
     """K = 4, or one set for all 9 heads, is chaotic: one swapped cell compounds over 30 layers, so the bound
     follows the rule's own sensitivity (reference_check.check)."""
-    v = reference_check.check(functools.partial(numpy_llama.logits, weights),
-                              {"top_k": top_k, "mode": mode, "lowest": lowest}, model, tokens, dense,
+    rule = {"top_k": top_k, "mode": mode, "lowest": lowest} | ({"raw_max": True} if raw_max else {})
+    v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
                               {"topk": top_k, "mode": mode}, min_agree=0.75)
     # rows with <= K visible cells are dense in both
     assert np.array_equal(v.ggml[:top_k], dense.logits[:top_k])
@@ -75,5 +75,15 @@ def test_the_check_rejects_a_wrong_selection_rule(weights: numpy_llama.LlamaWeig
                                                   tokens: list[int], dense: Dense) -> None:
     """A reference keeping the K lowest scores must fail the check the real rule passes."""
     ok, report = _check(weights, model, tokens, dense, 16, "head", lowest=True)
+    print("\n" + report)
+    assert not ok, report
+
+
+@pytest.mark.parametrize("mode", ["group", "token"])
+def test_the_check_tells_probability_pooling_from_raw_max_pooling(weights: numpy_llama.LlamaWeights, model: Path,
+                                                                   tokens: list[int], dense: Dense,
+                                                                   mode: str) -> None:
+    """The build pools heads by log-probability; a reference pooling raw logits by max (the earlier rule) fails."""
+    ok, report = _check(weights, model, tokens, dense, 16, mode, raw_max=True)
     print("\n" + report)
     assert not ok, report
