@@ -2,9 +2,10 @@
 """Which window and sinks to recommend: SmolLM2 perplexity and KL vs dense over a grid of Sparse-K settings.
 
 Stage 1 (--stage grid): ctx 2048, flash attention, K x window x sinks x mode, each against one stock run.
-Stage 2 (--stage confirm): the best settings of stage 1 (lowest KL per K and mode) on both attention paths at
-ctx 2048, and with flash attention at ctx 8192 (the model's context). Every run is appended to a JSON-lines file
-as it finishes, so an interrupted run resumes where it stopped; --plot draws PPL and KL against the kept fraction.
+Stage 2 (--stage confirm): the best settings of stage 1 (lowest KL per K and mode) with soft_max at ctx 2048
+(K 256, 512), and with flash attention at ctx 8192, the model's context (K 512). Every run is appended to a
+JSON-lines file as it finishes, so an interrupted run resumes where it stopped; every stage (and --stage plot)
+writes a markdown table and a plot of PPL and KL against the kept fraction next to it.
 
 Usage: .venv/bin/python scripts/sparsek_grid.py --stage grid|confirm|plot [--out results/sparsek-grid.jsonl]
 """
@@ -94,6 +95,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, (ax_p, ax_k) = plt.subplots(1, 2, figsize=(11, 4.5))
     markers = {(0, 0): "o", (16, 0): "s", (64, 0): "^", (0, 4): "D", (16, 4): "v", (64, 4): "P"}
@@ -113,10 +115,13 @@ def plot(rows: list[dict], path: Path) -> None:
     ax_p.axhline(0.0, color="black", linewidth=0.8, label="dense")
     for ax, label in ((ax_p, "ΔPPL vs dense (%)"), (ax_k, "KL divergence vs dense")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (3, 5, 20) else ""))
         ax.set_yscale("log" if ax is ax_k else "symlog", **({} if ax is ax_k else {"linthresh": 1.0}))
         ax.set_xlabel("kept cells per row, at most (K + window + sinks) / ctx, %")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
+    ax_p.legend(handles=ax_p.get_lines()[-2:], fontsize="x-small", loc="upper right")
     ax_k.legend(fontsize="x-small", ncol=2)
     dense = grid[0]["dense_ppl"] if grid else float("nan")
     fig.suptitle(f"SmolLM2-135M Q4_1, Jargon File, ctx 2048 x 2 chunks, flash attention (dense PPL {dense:.4f})")
@@ -130,17 +135,22 @@ def main() -> int:
     ap.add_argument("--stage", choices=["grid", "confirm", "plot"], required=True)
     ap.add_argument("--out", type=Path, default=Path("results/sparsek-grid.jsonl"))
     ap.add_argument("-t", "--threads", type=int)
-    ap.add_argument("--confirm-topks", default="256,512", help="K values re-run in stage 2 (default 256,512)")
+    ap.add_argument("--confirm-topks", default="256,512", help="K values re-run with soft_max in stage 2 "
+                    "(default 256,512)")
+    ap.add_argument("--confirm-8k-topks", default="512", help="K values re-run at ctx 8192 in stage 2 (default 512)")
     args = ap.parse_args()
     if args.stage == "grid":
         configs = [(m, k, w, s) for m in MODES for k in TOPKS for w in WINDOWS for s in SINKS]
         run_configs(args.out, 2048, 2, "on", configs, args.threads)
     elif args.stage == "confirm":
-        chosen = [r for (mode, k), r in best(load(args.out)).items()
-                  if str(k) in args.confirm_topks.split(",")]
-        configs = [(r["mode"], r["top_k"], r["window"], r["sinks"]) for r in chosen]
-        run_configs(args.out, 2048, 2, "off", configs, args.threads)
-        run_configs(args.out, 8192, 1, "on", configs, args.threads)
+        chosen = best(load(args.out))
+
+        def configs(topks: str) -> list[tuple[str, int, int, int]]:
+            return [(r["mode"], r["top_k"], r["window"], r["sinks"]) for (_, k), r in chosen.items()
+                    if str(k) in topks.split(",")]
+
+        run_configs(args.out, 2048, 2, "off", configs(args.confirm_topks), args.threads)
+        run_configs(args.out, 8192, 1, "on", configs(args.confirm_8k_topks), args.threads)
     rows = load(args.out)
     if not rows:
         print("no results yet", file=sys.stderr)
