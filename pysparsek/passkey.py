@@ -37,7 +37,7 @@ def prompt(n_junk: int, i_pos: int, key: int) -> str:
 
 
 def run(model: Path, lengths: list[int], depths: list[float], topks: list[int], mode: str = "head",
-        seed: int = 1234, n_threads: int | None = None) -> list[Trial]:
+        seed: int = 1234, n_threads: int | None = None, window: int = 0, sinks: int = 0) -> list[Trial]:
     """One trial per (length, depth, K); K = 0 is dense. The same prompts are used for every K."""
     m = llm.load(model, n_ctx=max(lengths) + 64, n_batch=512, n_ubatch=512, n_threads=n_threads,
                  n_threads_batch=n_threads, flash_attn=True)
@@ -50,7 +50,7 @@ def run(model: Path, lengths: list[int], depths: list[float], topks: list[int], 
             key = rng.randint(10000, 99999)
             tokens = m.tokenize(prompt(n_junk, min(n_junk - 1, int(depth * n_junk)), key).encode())
             for k in topks:
-                llm.set_sparsek(m, llm.Sparsek(top_k=k, mode=mode))
+                llm.set_sparsek(m, llm.Sparsek(top_k=k, mode=mode, window=window if k else 0, sinks=sinks if k else 0))
                 m.reset()
                 out = []
                 for tok in m.generate(tokens, top_k=1, temp=0.0, reset=True):
