@@ -22,6 +22,23 @@ from pysparsek.recommended import RECOMMENDED
 DEPTHS = [0.1, 0.5, 0.9]
 
 
+def write(rows: list[dict], args: argparse.Namespace, model: Path, window: int, sinks: int) -> str:
+    """results as JSON and a markdown table; called after each mode, so an interrupted run keeps what it has."""
+    lines = [f"machine: {machine.one_line()}; model {model.name}; window {window}, sinks {sinks} with every K",
+             "", "| setting | " + " | ".join(f"~{n} tokens" for n in args.lengths) + " |",
+             "| --- | " + " | ".join("---" for _ in args.lengths) + " |"]
+    settings = [("dense", 0)] + [(m, k) for m in args.modes.split(",") for k in args.topk]
+    for mode, k in settings:
+        cells = []
+        for n in args.lengths:
+            mine = [r for r in rows if r["mode"] == mode and r["top_k"] == k and abs(r["n_tokens"] - n) < n * 0.1]
+            cells.append(f"{sum(r['correct'] for r in mine)}/{len(mine)}")
+        lines.append(f"| {'dense' if k == 0 else f'K={k} {mode}'} | " + " | ".join(cells) + " |")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=positive_int_list, default=[4000, 8000])
@@ -43,19 +60,8 @@ def main() -> int:
             rows.append({**dataclasses.asdict(t), "mode": mode if t.top_k else "dense",
                          "window": window if t.top_k else 0, "sinks": sinks if t.top_k else 0})
         print(f"{mode}: {len(trials)} trials in {time.monotonic() - t0:.0f} s", flush=True)
-    lines = [f"machine: {machine.one_line()}; model {model.name}; window {window}, sinks {sinks} with every K",
-             "", "| setting | " + " | ".join(f"~{n} tokens" for n in args.lengths) + " |",
-             "| --- | " + " | ".join("---" for _ in args.lengths) + " |"]
-    settings = [("dense", 0)] + [(m, k) for m in args.modes.split(",") for k in args.topk]
-    for mode, k in settings:
-        cells = []
-        for n in args.lengths:
-            mine = [r for r in rows if r["mode"] == mode and r["top_k"] == k and abs(r["n_tokens"] - n) < n * 0.1]
-            cells.append(f"{sum(r['correct'] for r in mine)}/{len(mine)}")
-        lines.append(f"| {'dense' if k == 0 else f'K={k} {mode}'} | " + " | ".join(cells) + " |")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        table = write(rows, args, model, window, sinks)
+    print(table)
     return 0
 
 
