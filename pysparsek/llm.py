@@ -114,8 +114,72 @@ def set_sparsek(llm: Any, params: Sparsek) -> None:
                            "llama.cpp's log says why)")
 
 
+SCORE_TYPES = ("none", "f16", "q8_0", "q4_0")
+
+
+def has_score_type_api(lib: ctypes.CDLL | None = None) -> bool:
+    lib = lib or library()
+    return all(hasattr(lib, name) for name in ("llama_set_sparsek_score_type", "llama_get_sparsek_score_type",
+                                                "llama_set_sparsek_max_ubatch"))
+
+
+def _api2(lib: ctypes.CDLL) -> ctypes.CDLL:
+    if not has_score_type_api(lib):
+        raise BindingError("the loaded libllama has no Sparse-K score-type / max-ubatch API (an older patched build?)")
+    # ggml_type travels as a C int; names are converted by the library itself, so no enum value is copied here
+    lib.llama_sparsek_score_type_from_name.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]
+    lib.llama_sparsek_score_type_from_name.restype = ctypes.c_bool
+    lib.llama_sparsek_score_type_name.argtypes = [ctypes.c_int]
+    lib.llama_sparsek_score_type_name.restype = ctypes.c_char_p
+    lib.llama_set_sparsek_score_type.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.llama_set_sparsek_score_type.restype = ctypes.c_int32
+    lib.llama_get_sparsek_score_type.argtypes = [ctypes.c_void_p]
+    lib.llama_get_sparsek_score_type.restype = ctypes.c_int
+    lib.llama_get_sparsek_score_size.argtypes = [ctypes.c_void_p]
+    lib.llama_get_sparsek_score_size.restype = ctypes.c_size_t
+    lib.llama_set_sparsek_max_ubatch.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.llama_set_sparsek_max_ubatch.restype = None
+    lib.llama_get_sparsek_max_ubatch.argtypes = [ctypes.c_void_p]
+    lib.llama_get_sparsek_max_ubatch.restype = ctypes.c_uint32
+    return lib
+
+
+def set_score_type(llm: Any, name: str) -> None:
+    """Score the selection from a copy of K in this type ("f16", "q8_0", "q4_0"); "none" scores from K itself."""
+    lib = _api2(library())
+    value = ctypes.c_int()
+    if not lib.llama_sparsek_score_type_from_name(name.encode(), ctypes.byref(value)):
+        raise ValueError(f"unknown Sparse-K score type {name!r}; choose one of {', '.join(SCORE_TYPES)}")
+    rc = lib.llama_set_sparsek_score_type(llm.ctx, value.value)
+    if rc != 0:
+        raise BindingError(f"llama_set_sparsek_score_type({name}) returned {rc}; llama.cpp's log says why")
+
+
+def get_score_type(llm: Any) -> str:
+    lib = _api2(library())
+    name = lib.llama_sparsek_score_type_name(lib.llama_get_sparsek_score_type(llm.ctx))
+    return name.decode() if name else "unknown"
+
+
+def score_size(llm: Any) -> int:
+    """Bytes of the context's Sparse-K score copy of K (0 without one)."""
+    return int(_api2(library()).llama_get_sparsek_score_size(llm.ctx))
+
+
+def set_max_ubatch(llm: Any, n_tokens: int) -> None:
+    """Apply Sparse-K only to ubatches of at most n_tokens tokens (1 = decoding only); 0 = every ubatch."""
+    if n_tokens < 0:
+        raise ValueError("max_ubatch must be >= 0")
+    _api2(library()).llama_set_sparsek_max_ubatch(llm.ctx, n_tokens)
+
+
+def get_max_ubatch(llm: Any) -> int:
+    return int(_api2(library()).llama_get_sparsek_max_ubatch(llm.ctx))
+
+
 def load(model_path: str | os.PathLike[str], *, topk: int | None = None, window: int | None = None,
          stride: int | None = None, sinks: int | None = None, mode: str | None = None,
+         score_type: str | None = None, max_ubatch: int | None = None,
          lib_dir: Path | None = None, **kwargs: Any) -> Any:
     """A llama_cpp.Llama on the patched library; given Sparse-K values override the model's metadata."""
     llama_cpp = bind(lib_dir)
@@ -130,4 +194,8 @@ def load(model_path: str | os.PathLike[str], *, topk: int | None = None, window:
             sinks=cur.sinks if sinks is None else sinks,
             mode=cur.mode if mode is None else mode,
         ))
+    if score_type is not None:
+        set_score_type(llm, score_type)
+    if max_ubatch is not None:
+        set_max_ubatch(llm, max_ubatch)
     return llm

@@ -6,7 +6,8 @@ configuration in turn, switching Sparse-K with llama_set_sparsek; `perf` is atta
 are decoded. Symbols are grouped into the parts of an attention step (scores, selection, attention, weights).
 Needs `perf` (Debian linux-perf) and the patched CPU build.
 
-Usage: .venv/bin/python scripts/cpu_profile.py [--depth 8192] [--tokens 33] [--configs dense,256:head,256:token]
+Usage: .venv/bin/python scripts/cpu_profile.py [--depth 8192] [--tokens 33] [--configs dense,256:head,256:group:q4_0]
+       (a config is dense, K, K:mode or K:mode:score_type)
        .venv/bin/python scripts/cpu_profile.py --tokens 513 --batch 512      # prompt processing instead
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 CATEGORIES = [  # first match wins; patterns are on perf's symbol names
     ("Sparse-K mask op (selection)", re.compile(r"sparsek|introselect|nth_element", re.I)),
     ("flash attention kernel (softmax, V sums, mask scan)", re.compile(r"flash_attn")),
+    ("q4_0 q·k of the score copy (vec_dot / tinyBLAS Q0 GEMM)", re.compile(r"vec_dot_q4_0|tinyBLAS_Q0")),
     ("f16 q·k products (FA's own when dense; the selection's scores: vec_dot / tinyBLAS GEMM)",
      re.compile(r"vec_dot_f16|tinyBLAS")),
     ("f16 V accumulation", re.compile(r"vec_mad")),
@@ -35,11 +37,14 @@ CATEGORIES = [  # first match wins; patterns are on perf's symbol names
 OTHER = "other (norms, rope, softmax of logits, copies, ...)"
 
 
-def parse_config(text: str) -> tuple[str, int, str]:
+def parse_config(text: str) -> tuple[str, int, str, str]:
+    """`dense`, `K`, `K:mode` or `K:mode:score_type` (score type none, f16, q8_0, q4_0)."""
     if text == "dense":
-        return "dense", 0, "head"
-    k, _, mode = text.partition(":")
-    return f"K={k} {mode or 'head'}", int(k), mode or "head"
+        return "dense", 0, "head", "none"
+    k, mode, score = (text.split(":") + ["", ""])[:3]
+    mode, score = mode or "head", score or "none"
+    label = f"K={k} {mode}" + ("" if score == "none" else f" {score}")
+    return label, int(k), mode, score
 
 
 def child(args: argparse.Namespace) -> int:
@@ -57,8 +62,9 @@ def child(args: argparse.Namespace) -> int:
     m.eval(toks[: args.depth])
     print(f"FILLED {time.perf_counter() - t0:.1f}", flush=True)
     pos = args.depth
-    for label, k, mode in configs:
+    for label, k, mode, score in configs:
         llm.set_sparsek(m, llm.Sparsek(top_k=k, mode=mode))
+        llm.set_score_type(m, score)
         m.eval([toks[pos]])  # first step after a change re-reserves the graph: not measured
         pos += 1
         print(f"READY {label}", flush=True)
