@@ -49,12 +49,18 @@ class BenchOptions:
     backend: str = "cpu"
     quiet: bool = False
     skip_speed: bool = False
+    score_type: str = "none"     # the K copy Sparse-K scores from: none (K itself), f16, q8_0, q4_0
+    max_ubatch: int = 0          # Sparse-K only for ubatches of at most this many tokens (0: all)
+    regime: str = "prompt"       # quality: prompt (llama-perplexity) or decode (dense prompt, then decoded tokens)
+    prompt_tokens: int = 1024    # decode regime: dense prompt per chunk
+    decode_tokens: int = 256     # decode regime: tokens decoded one at a time per chunk
 
 
 def _settings(o: BenchOptions) -> Settings:
     return Settings(ctx=o.ctx, chunks=o.chunks, batch=o.batch, ubatch=o.ubatch, threads=o.threads,
                     flash_attn="on" if o.flash_attn else "off", window=o.window or None, stride=o.stride or None,
-                    sinks=o.sinks or None, mode=o.mode)
+                    sinks=o.sinks or None, mode=o.mode,
+                    score_type=None if o.score_type == "none" else o.score_type, max_ubatch=o.max_ubatch or None)
 
 
 def quality_json(c: compare.Comparison) -> dict[str, Any]:
@@ -71,6 +77,39 @@ def quality_json(c: compare.Comparison) -> dict[str, Any]:
                     "kl_stderr": row.result.kld_stderr, "top1_agreement_pct": row.result.same_top_pct}
                    for row in c.sparse],
     }
+
+
+def decode_quality_json(results: list[Any]) -> dict[str, Any]:
+    """Decode-regime results in the shape of quality_json (dense is the patched library with Sparse-K off)."""
+    dense = results[0]
+    doc = {"ppl": dense.ppl, "ppl_stderr": None, "chunks": [], "decoded_tokens": dense.n_tokens}
+    return {
+        "regime": "decode",
+        "stock": doc,
+        "patched_off": doc,
+        "identical": True,  # one run: dense here is the patched library with Sparse-K off
+        "sparse": [{"top_k": r.setting.top_k, "score_type": r.setting.score_type, "ppl": r.ppl, "ppl_stderr": None,
+                    "delta_ppl_pct": 100.0 * (r.ppl - dense.ppl) / dense.ppl, "kl_mean": r.kl_mean,
+                    "kl_stderr": r.kl_stderr, "top1_agreement_pct": r.top1_agreement_pct}
+                   for r in results[1:]],
+    }
+
+
+def decode_quality(o: BenchOptions) -> dict[str, Any]:
+    from pysparsek import decode_regime
+
+    settings = [decode_regime.Setting(k, o.mode, o.window, o.stride, o.sinks, o.score_type) for k in o.topks]
+    bar = tqdm(total=o.chunks * (len(settings) + 1), desc="decode regime", unit="run", disable=o.quiet)
+
+    def step(label: str) -> None:
+        bar.update()
+        bar.set_postfix_str(label)
+
+    results = decode_regime.measure(o.model, o.text, settings, prompt=o.prompt_tokens, decode=o.decode_tokens,
+                                    chunks=o.chunks, threads=o.threads, flash_attn=o.flash_attn, ngl=o.ngl,
+                                    progress=step)
+    bar.close()
+    return decode_quality_json(results)
 
 
 def speed_json(rows: list[speed.Ratio], meas: list[speed.Measurement]) -> dict[str, Any]:
@@ -93,13 +132,18 @@ def run(o: BenchOptions) -> dict[str, Any]:
         raise builds.BuildError("backend 'cuda' requested, but no NVIDIA GPU is visible here (nvidia-smi lists none)")
     patched = builds.require("patched", o.backend)
     builds.require("stock", o.backend)
-    settings = _settings(o)
-    quality = compare.run(o.model, o.text, settings, o.topks, backend=o.backend, quiet=o.quiet)
+    if o.regime == "decode":
+        if o.backend != "cpu":
+            raise builds.BuildError("the decode regime runs through llama-cpp-python on the CPU build only")
+        quality_doc = decode_quality(o)
+    else:
+        quality_doc = quality_json(compare.run(o.model, o.text, _settings(o), o.topks, backend=o.backend,
+                                               quiet=o.quiet))
 
     records: list[dict[str, Any]] = []
     speed_doc: dict[str, Any] = {"dense": [], "sparse": []}
     if not o.skip_speed:
-        configs = [speed.Config()] + [speed.Config(k, o.mode, o.window) for k in o.topks]
+        configs = [speed.Config()] + [speed.Config(k, o.mode, o.window, o.score_type, o.max_ubatch) for k in o.topks]
         bar = tqdm(total=o.rounds * len(speed.batches(configs)), desc="llama-bench", unit="run", disable=o.quiet)
 
         started = [False]
@@ -131,7 +175,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
         "model": {"path": str(o.model), "sha256": sha256_file(o.model), "size_bytes": o.model.stat().st_size},
         "text": {"path": str(o.text), "sha256": sha256_file(o.text)},
         "options": options,
-        "quality": quality_json(quality),
+        "quality": quality_doc,
         "speed": speed_doc,
         "llama_bench_records": records,
     }
@@ -139,12 +183,20 @@ def run(o: BenchOptions) -> dict[str, Any]:
 
 def quality_table(doc: dict[str, Any]) -> str:
     q = doc["quality"]
-    lines = [f"{'K':>8} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 %':>8}",
-             f"{'dense':>8} {q['stock']['ppl']:>10.4f} {'':>8} {'':>10} {'':>8}"]
+    lines = []
+    if q.get("regime") == "decode":
+        o = doc["options"]
+        lines.append(f"decode regime: per chunk {o['prompt_tokens']} prompt tokens (dense), then {o['decode_tokens']} "
+                     f"tokens decoded one at a time; {q['stock']['decoded_tokens']} decoded tokens in all")
+    lines += [f"{'K':>8} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 %':>8}",
+              f"{'dense':>8} {q['stock']['ppl']:>10.4f} {'':>8} {'':>10} {'':>8}"]
     for s in q["sparse"]:
         lines.append(f"{s['top_k']:>8} {s['ppl']:>10.4f} {s['delta_ppl_pct']:>+8.2f} {s['kl_mean']:>10.6f} "
                      f"{s['top1_agreement_pct']:>8.2f}")
-    lines.append("patched with Sparse-K off vs stock: " + ("identical" if q["identical"] else "DIFFERENT"))
+    if q.get("regime") == "decode":
+        lines.append("dense = the patched library with Sparse-K off (bit-identical to stock, tests/test_identity.py)")
+    else:
+        lines.append("patched with Sparse-K off vs stock: " + ("identical" if q["identical"] else "DIFFERENT"))
     return "\n".join(lines)
 
 
@@ -184,7 +236,9 @@ def header(doc: dict[str, Any]) -> str:
     o = doc["options"]
     return (f"model {Path(doc['model']['path']).name} (sha256 {doc['model']['sha256'][:12]}), "
             f"text {Path(doc['text']['path']).name}, ctx {o['ctx']}, {o['chunks']} chunks, "
-            f"flash attention {'on' if o['flash_attn'] else 'off'}, mode {o['mode']}, backend {doc['backend']}\n"
+            f"flash attention {'on' if o['flash_attn'] else 'off'}, mode {o['mode']}, "
+            f"score type {o.get('score_type', 'none')}, max ubatch {o.get('max_ubatch', 0) or 'all'}, "
+            f"quality regime {o.get('regime', 'prompt')}, backend {doc['backend']}\n"
             f"machine: {machine.one_line(doc['machine'])}\n"
             f"llama.cpp {doc['llama_cpp_pin'][:12]} + patch series {doc['patch_series_sha256'][:12]}")
 

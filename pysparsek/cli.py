@@ -129,7 +129,9 @@ def bench_options(args: argparse.Namespace, model: Path, text: Path):
                         batch=args.batch_size, ubatch=args.ubatch_size, window=args.window, stride=args.stride,
                         sinks=args.sinks, mode=args.mode, depths=args.depths, n_prompt=args.n_prompt,
                         n_gen=args.n_gen, reps=args.reps, rounds=args.rounds, backend=args.backend,
-                        quiet=args.quiet or args.json, skip_speed=args.skip_speed)
+                        quiet=args.quiet or args.json, skip_speed=args.skip_speed, score_type=args.score_type,
+                        max_ubatch=args.max_ubatch, regime=args.regime, prompt_tokens=args.prompt_tokens,
+                        decode_tokens=args.decode_tokens)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -296,6 +298,18 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
     p.add_argument("--rounds", type=_positive, default=2, help="interleaved rounds over dense and each K "
                    "(default: 2)")
+    p.add_argument("--score-type", choices=["none", "f16", "q8_0", "q4_0"], default="none",
+                   help="choose the kept cells from a copy of K in this type (q4_0 reads ~28%% of an f16 K's bytes); "
+                        "none = from K itself (default)")
+    p.add_argument("--max-ubatch", type=_non_negative, default=0, help="apply Sparse-K only to ubatches of at most N "
+                   "tokens: 1 = decoding only, so prompts attend densely (default: 0 = every ubatch)")
+    p.add_argument("--regime", choices=["prompt", "decode"], default="prompt",
+                   help="quality: prompt = llama-perplexity, every token a row of a prompt batch (default); decode = "
+                        "per chunk a dense prompt, then tokens decoded one at a time under Sparse-K")
+    p.add_argument("--prompt-tokens", type=_positive, default=1024, help="decode regime: dense prompt tokens per "
+                   "chunk (default: 1024)")
+    p.add_argument("--decode-tokens", type=_positive, default=256, help="decode regime: tokens decoded per chunk "
+                   "(default: 256)")
     p.add_argument("--skip-speed", action="store_true", help="quality only")
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
     p.add_argument("--out", help="report directory (default: reports/bench-MODEL-TIME, reports/sweep)")

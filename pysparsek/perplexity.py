@@ -51,17 +51,21 @@ class Settings:
     stride: int | None = None
     sinks: int | None = None
     mode: str | None = None
+    score_type: str | None = None  # none | f16 | q8_0 | q4_0
+    max_ubatch: int | None = None
     extra: tuple[str, ...] = ()
 
     def without_sparsek(self) -> Settings:
         """The same run for a build that has no Sparse-K flags (stock)."""
-        return dataclasses.replace(self, topk=None, window=None, stride=None, sinks=None, mode=None)
+        return dataclasses.replace(self, topk=None, window=None, stride=None, sinks=None, mode=None,
+                                   score_type=None, max_ubatch=None)
 
     def sparsek_args(self) -> list[str]:
         args: list[str] = []
         for flag, value in (("--sparsek-topk", self.topk), ("--sparsek-window", self.window),
                             ("--sparsek-stride", self.stride), ("--sparsek-sinks", self.sinks),
-                            ("--sparsek-mode", self.mode)):
+                            ("--sparsek-mode", self.mode), ("--sparsek-score-type", self.score_type),
+                            ("--sparsek-max-ubatch", self.max_ubatch)):
             if value is not None:
                 args += [flag, str(value)]
         return args

@@ -23,12 +23,16 @@ class Config:
     top_k: int = 0
     mode: str = "head"
     window: int = 0
+    score_type: str = "none"   # the K copy the selection scores from (none: K itself)
+    max_ubatch: int = 0        # Sparse-K only for ubatches of at most this many tokens (0: all)
 
     @property
     def label(self) -> str:
         if self.top_k == 0:
             return "dense"
-        return f"K={self.top_k} {self.mode}" + (f" w={self.window}" if self.window else "")
+        return (f"K={self.top_k} {self.mode}" + (f" w={self.window}" if self.window else "")
+                + ("" if self.score_type == "none" else f" {self.score_type}")
+                + (f" ub<={self.max_ubatch}" if self.max_ubatch else ""))
 
 
 @dataclass
@@ -46,12 +50,18 @@ class Measurement:
 
 def bench_once(build: Build, model: Path, top_ks: list[int], mode: str, window: int, *, n_prompt: int, n_gen: int,
                depths: list[int], reps: int, threads: int | None, flash_attn: bool, ngl: int,
+               score_types: tuple[str, ...] = ("none",), max_ubatch: int = 0,
                extra: tuple[str, ...] = ()) -> list[dict]:
-    """One llama-bench process over several K (0 = dense) with one mode and window."""
+    """One llama-bench process over several K (0 = dense) and score types with one mode, window and policy."""
     cmd = [str(build.tool("llama-bench")), "-m", str(model), "-o", "json", "-r", str(reps),
            "-p", str(n_prompt), "-n", str(n_gen), "-d", ",".join(map(str, depths)),
            "-fa", "1" if flash_attn else "0", "-ngl", str(ngl),
-           "-sk", ",".join(map(str, top_ks)), "-skm", mode, "-skw", str(window), *extra]
+           "-sk", ",".join(map(str, top_ks)), "-skm", mode, "-skw", str(window)]
+    if score_types != ("none",):
+        cmd += ["-skst", ",".join(score_types)]
+    if max_ubatch:
+        cmd += ["-skmu", str(max_ubatch)]
+    cmd += list(extra)
     if threads:
         cmd += ["-t", str(threads)]
     try:
@@ -69,23 +79,46 @@ def test_name(record: dict[str, Any]) -> str:
 
 
 def record_config(record: dict[str, Any]) -> Config:
+    score_type = str(record.get("sparsek_score_type", "none"))
     if int(record["sparsek_topk"]) == 0:
-        return Config()
-    return Config(int(record["sparsek_topk"]), str(record["sparsek_mode"]), int(record["sparsek_window"]))
+        # dense writing a score copy it never reads is not dense: keep it apart
+        return Config() if score_type == "none" else Config(0, score_type=score_type)
+    return Config(int(record["sparsek_topk"]), str(record["sparsek_mode"]), int(record["sparsek_window"]),
+                  score_type, int(record.get("sparsek_max_ubatch", 0)))
 
 
-def batches(configs: list[Config]) -> list[tuple[str, int, list[int]]]:
-    """Configs grouped into llama-bench runs: one per (mode, window), dense (K=0) in the first."""
-    groups: dict[tuple[str, int], list[int]] = {}
+@dataclass(frozen=True)
+class Batch:
+    """One llama-bench process: its K list (0 = dense) × score types, one mode, window and policy."""
+    mode: str
+    window: int
+    max_ubatch: int
+    top_ks: list[int]
+    score_types: tuple[str, ...]
+
+
+def batches(configs: list[Config]) -> list[Batch]:
+    """Configs grouped into llama-bench runs: one per (mode, window, max_ubatch), dense (K=0) in the first.
+
+    llama-bench sweeps K × score type, so a batch with several score types also runs combinations nobody asked
+    for (dense with a score copy, for one); interleaved() drops those.
+    """
+    groups: dict[tuple[str, int, int], tuple[list[int], list[str]]] = {}
     for c in configs:
         if c.top_k > 0:
-            groups.setdefault((c.mode, c.window), []).append(c.top_k)
+            ks, types = groups.setdefault((c.mode, c.window, c.max_ubatch), ([], []))
+            if c.top_k not in ks:
+                ks.append(c.top_k)
+            if c.score_type not in types:
+                types.append(c.score_type)
     if Config() in configs:
         if not groups:
-            groups[("head", 0)] = []
+            groups[("head", 0, 0)] = ([], ["none"])
         first = next(iter(groups))
-        groups[first].insert(0, 0)
-    return [(mode, window, ks) for (mode, window), ks in groups.items()]
+        groups[first][0].insert(0, 0)
+        if "none" not in groups[first][1]:
+            groups[first][1].insert(0, "none")
+    return [Batch(mode, window, mu, ks, tuple(types)) for (mode, window, mu), (ks, types) in groups.items()]
 
 
 def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int, n_prompt: int, n_gen: int,
@@ -100,13 +133,16 @@ def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int
     results: dict[tuple[Config, str, int], Measurement] = {}
     wanted = set(configs)
     for r in range(rounds):
-        for mode, window, top_ks in batches(configs):
+        for b in batches(configs):
             if progress:
-                progress(f"round {r + 1}/{rounds}: K={','.join(map(str, top_ks))} {mode}")
-            for rec in bench_once(build, model, top_ks, mode, window, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
-                                  reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl):
+                progress(f"round {r + 1}/{rounds}: K={','.join(map(str, b.top_ks))} {b.mode}")
+            for rec in bench_once(build, model, b.top_ks, b.mode, b.window, n_prompt=n_prompt, n_gen=n_gen,
+                                  depths=depths, reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl,
+                                  score_types=b.score_types, max_ubatch=b.max_ubatch):
                 config = record_config(rec)
                 if config not in wanted:
+                    if len(b.score_types) > 1 and int(rec["sparsek_topk"]) in b.top_ks:
+                        continue  # a K × score-type combination of the sweep that was not asked for
                     raise SpeedError(f"llama-bench reported a run nobody asked for: {config.label}")
                 key = (config, test_name(rec), int(rec["n_depth"]))
                 m = results.setdefault(key, Measurement(config, key[1], key[2]))

@@ -41,7 +41,7 @@ def parse_config(text: str) -> tuple[str, int, str, str]:
     """`dense`, `K`, `K:mode` or `K:mode:score_type` (score type none, f16, q8_0, q4_0)."""
     if text == "dense":
         return "dense", 0, "head", "none"
-    k, mode, score = (text.split(":") + ["", ""])[:3]
+    k, mode, score = [*text.split(":"), "", ""][:3]
     mode, score = mode or "head", score or "none"
     label = f"K={k} {mode}" + ("" if score == "none" else f" {score}")
     return label, int(k), mode, score

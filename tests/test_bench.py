@@ -111,9 +111,23 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
 
 
 def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
-    from pysparsek.speed import Config, batches
+    from pysparsek.speed import Batch, Config, batches
 
-    assert batches([Config(), Config(64), Config(256)]) == [("head", 0, [0, 64, 256])]
+    assert batches([Config(), Config(64), Config(256)]) == [Batch("head", 0, 0, [0, 64, 256], ("none",))]
     assert batches([Config(), Config(64, "group"), Config(64, "token"), Config(256, "group")]) == [
-        ("group", 0, [0, 64, 256]), ("token", 0, [64])]
-    assert batches([Config()]) == [("head", 0, [0])]
+        Batch("group", 0, 0, [0, 64, 256], ("none",)), Batch("token", 0, 0, [64], ("none",))]
+    assert batches([Config()]) == [Batch("head", 0, 0, [0], ("none",))]
+    # score types share the process (dense stays without a score copy); a policy gets its own process
+    assert batches([Config(), Config(64, score_type="q4_0"), Config(64, max_ubatch=1)]) == [
+        Batch("head", 0, 0, [0, 64], ("none", "q4_0")), Batch("head", 0, 1, [64], ("none",))]
+
+
+def test_llama_bench_records_map_back_to_configs() -> None:
+    from pysparsek.speed import Config, record_config
+
+    rec = {"sparsek_topk": 64, "sparsek_mode": "group", "sparsek_window": 0, "sparsek_score_type": "q4_0",
+           "sparsek_max_ubatch": 1}
+    assert record_config(rec) == Config(64, "group", 0, "q4_0", 1)
+    # dense that writes a score copy is not dense
+    assert record_config({**rec, "sparsek_topk": 0}) != Config()
+    assert record_config({**rec, "sparsek_topk": 0, "sparsek_score_type": "none"}) == Config()
