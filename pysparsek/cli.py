@@ -191,8 +191,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _given_sparsek(args: argparse.Namespace) -> dict[str, object]:
-    return {name: getattr(args, name) for name in ("top_k", "window", "stride", "sinks", "mode")
-            if getattr(args, name) is not None}
+    return {name: getattr(args, name)
+            for name in ("top_k", "window", "stride", "sinks", "mode", "score_type", "max_ubatch")
+            if getattr(args, name, None) is not None}
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -271,7 +272,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
     serve.exec_server(serve.ServeOptions(model=model, top_k=args.top_k, window=args.window, stride=args.stride,
-                                         sinks=args.sinks, mode=args.mode, host=args.host, port=args.port,
+                                         sinks=args.sinks, mode=args.mode, score_type=args.score_type,
+                                         max_ubatch=args.max_ubatch, host=args.host, port=args.port,
                                          ctx=args.ctx_size, threads=args.threads, ngl=args.n_gpu_layers,
                                          flash_attn=args.flash_attn, extra=args.server_args), backend=args.backend)
     return 0  # not reached: the process is now llama-server
@@ -319,12 +321,16 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sparsek_arguments(p: argparse.ArgumentParser, topk_help: str) -> None:
-    """The five Sparse-K settings, unset (None) unless given."""
+    """The Sparse-K settings, unset (None) unless given."""
     p.add_argument("--topk", dest="top_k", type=_non_negative, help=topk_help)
     p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
     p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
     p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
     p.add_argument("--mode", choices=["head", "group", "token"], help="which heads share one kept set")
+    p.add_argument("--score-type", choices=["f16", "q8_0", "q4_0"], help="choose the kept cells from a copy of K "
+                   "in this type that the KV cache keeps (q4_0: ~28%% of an f16 K's bytes); attention still reads K")
+    p.add_argument("--max-ubatch", type=_non_negative, help="apply Sparse-K only to ubatches of at most N tokens "
+                   "(1 = decoding only: prompts attend densely); 0 = every ubatch")
 
 
 def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:

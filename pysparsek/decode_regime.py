@@ -101,7 +101,7 @@ def measure(model: Path, text: Path, settings: list[Setting], *, prompt: int = 1
     Settings with another cache type run in a context with that K/V cache type and are compared with the same
     dense f16 reference.
     """
-    import llama_cpp
+    llama_cpp = llm.bind()  # the patched library, before anything imports llama_cpp
 
     dense = Setting()
     ordered = [dense] + [s for s in settings if s != dense]

@@ -13,8 +13,10 @@ from typing import Any
 import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
-INT_KEYS = ("top_k", "window", "stride", "sinks")
+INT_KEYS = ("top_k", "window", "stride", "sinks", "max_ubatch")
+STRING_KEYS = ("mode", "score_type")
 MODES = ("head", "group", "token")
+SCORE_TYPES = ("f16", "q8_0", "q4_0")  # "none" is the absence of the key
 
 
 class MetaError(RuntimeError):
@@ -40,11 +42,12 @@ def _reader(path: Path) -> gguf.GGUFReader:
 
 
 def read(path: Path) -> dict[str, Any]:
-    """The Sparse-K keys present in the file (short names: top_k, window, stride, sinks, mode)."""
+    """The Sparse-K keys present in the file (short names: top_k, window, stride, sinks, max_ubatch, mode,
+    score_type)."""
     reader = _reader(path)
     arch = _arch(reader)
     found: dict[str, Any] = {}
-    for name in (*INT_KEYS, "mode"):
+    for name in (*INT_KEYS, *STRING_KEYS):
         field = reader.get_field(key(arch, name))
         if field is not None:
             found[name] = field.contents()
@@ -59,6 +62,9 @@ def validate(values: dict[str, Any]) -> None:
         elif name == "mode":
             if value not in MODES:
                 raise MetaError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+        elif name == "score_type":
+            if value not in SCORE_TYPES:
+                raise MetaError(f"score_type must be one of {', '.join(SCORE_TYPES)}, got {value!r}")
         else:
             raise MetaError(f"unknown Sparse-K key {name!r}")
 
@@ -73,11 +79,11 @@ def write(src: Path, dst: Path, values: dict[str, Any] | None = None, clear: boo
     arch = _arch(reader)
     new = {}
     for name, value in values.items():
-        if name == "mode":
+        if name in STRING_KEYS:
             new[key(arch, name)] = MetadataDetails(gguf.GGUFValueType.STRING, value)
         else:
             new[key(arch, name)] = MetadataDetails(gguf.GGUFValueType.UINT32, int(value))
-    remove = [key(arch, n) for n in (*INT_KEYS, "mode") if clear and key(arch, n) not in new]
+    remove = [key(arch, n) for n in (*INT_KEYS, *STRING_KEYS) if clear and key(arch, n) not in new]
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
         writer = gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess)

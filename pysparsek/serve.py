@@ -17,6 +17,8 @@ class ServeOptions:
     stride: int | None = None
     sinks: int | None = None
     mode: str | None = None
+    score_type: str | None = None
+    max_ubatch: int | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     ctx: int | None = None
@@ -29,7 +31,8 @@ class ServeOptions:
 def command(server: Path, o: ServeOptions) -> list[str]:
     cmd = [str(server), "-m", str(o.model), "--host", o.host, "--port", str(o.port)]
     flags = {"--sparsek-topk": o.top_k, "--sparsek-window": o.window, "--sparsek-stride": o.stride,
-             "--sparsek-sinks": o.sinks, "--sparsek-mode": o.mode, "-c": o.ctx, "-t": o.threads, "-ngl": o.ngl,
+             "--sparsek-sinks": o.sinks, "--sparsek-mode": o.mode, "--sparsek-score-type": o.score_type,
+             "--sparsek-max-ubatch": o.max_ubatch, "-c": o.ctx, "-t": o.threads, "-ngl": o.ngl,
              "-fa": o.flash_attn}
     for flag, value in flags.items():
         if value is not None:

@@ -103,10 +103,27 @@ def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list
     return keep
 
 
+def quantized_scores(q: np.ndarray, k: np.ndarray, score_type: str) -> np.ndarray:
+    """Selection scores [head, query, key] from a copy of K in `score_type` (q8_0, q4_0): K per cell quantized
+    from its full-precision row (as the KV cache's copy is written), Q quantized to q8_0 (the activation type
+    ggml's q4_0/q8_0 dot products use); gguf-py's NumPy quantizers, not ggml's code."""
+    from gguf import GGMLQuantizationType, quants
+
+    qt = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}[score_type]
+    n_q, n_head = q.shape[:2]
+    n_k, n_head_kv = k.shape[:2]
+    kq = quants.dequantize(quants.quantize(k.reshape(n_k, -1).astype(np.float32), qt), qt).reshape(k.shape)
+    qq = quants.dequantize(quants.quantize(q.reshape(n_q, -1).astype(np.float32), GGMLQuantizationType.Q8_0),
+                           GGMLQuantizationType.Q8_0).reshape(q.shape)
+    kq = np.repeat(kq.astype(np.float64), n_head // n_head_kv, axis=1)
+    return np.einsum("qhd,khd->hqk", qq.astype(np.float64), kq)
+
+
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
-           selection_noise: float = 0.0, raw_max: bool = False) -> np.ndarray:
+           selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none") -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
-    to measure how sensitive the result is to near-ties."""
+    to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
+    quantized keys (quantized_scores) while attention uses the F16 keys."""
     rng = np.random.default_rng(0)
     t = w.tensors
     n_tok = len(tokens)
@@ -123,6 +140,7 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         q = _rope((h @ t[p + "attn_q.weight"].T).reshape(n_tok, w.n_head, d), w.rope_base)
         k = _rope((h @ t[p + "attn_k.weight"].T).reshape(n_tok, w.n_head_kv, d), w.rope_base)
         v = (h @ t[p + "attn_v.weight"].T).reshape(n_tok, w.n_head_kv, d)
+        selection = None if score_type == "none" else quantized_scores(q, k, score_type) / np.sqrt(d)
         # the KV cache holds K and V in F16 (llama.cpp default): round them the same way
         k = k.astype(np.float16).astype(np.float64)
         v = v.astype(np.float16).astype(np.float64)
@@ -131,7 +149,8 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
         allowed = np.broadcast_to(causal, scores.shape)
         if top_k > 0:
-            seen = scores + rng.normal(0.0, selection_noise, scores.shape) if selection_noise else scores
+            seen = scores if selection is None else selection
+            seen = seen + rng.normal(0.0, selection_noise, seen.shape) if selection_noise else seen
             allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest, raw_max=raw_max)
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))

@@ -87,3 +87,25 @@ def test_the_check_tells_probability_pooling_from_raw_max_pooling(weights: numpy
     ok, report = _check(weights, model, tokens, dense, 16, mode, raw_max=True)
     print("\n" + report)
     assert not ok, report
+
+
+@pytest.mark.parametrize("score_type", ["q8_0", "q4_0"])
+def test_score_copy_matches_the_quantized_reference(weights: numpy_llama.LlamaWeights, model: Path,
+                                                    tokens: list[int], dense: Dense, score_type: str) -> None:
+    """Selection from a q8_0/q4_0 copy of K equals the NumPy rule that scores with the same quantization."""
+    rule = {"top_k": 16, "mode": "group", "score_type": score_type}
+    v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
+                              {"topk": 16, "mode": "group", "score_type": score_type}, min_agree=0.75)
+    print("\n" + v.report)
+    assert v.ok, v.report
+
+
+def test_the_check_tells_quantized_scoring_from_exact_scoring(weights: numpy_llama.LlamaWeights, model: Path,
+                                                              tokens: list[int], dense: Dense) -> None:
+    """The q4_0 build measured against the exact-scoring rule must fail the check the q4_0 rule passes
+    (measured: KL 2.5x over the bound)."""
+    ref = functools.partial(numpy_llama.logits, weights)
+    build_q4 = reference_check.check(ref, {"top_k": 16, "mode": "group"}, model, tokens, dense,
+                                     {"topk": 16, "mode": "group", "score_type": "q4_0"}, min_agree=0.75)
+    print("\n" + build_q4.report)
+    assert not build_q4.ok, build_q4.report
