@@ -163,6 +163,13 @@ def run(o: BenchOptions) -> dict[str, Any]:
         speed_doc = speed_json(speed.ratios(meas), meas)
         records = [rec for m in meas for rec in m.records]
 
+    copy = None
+    if o.score_type != "none" and o.backend == "cpu":
+        from pysparsek import score_copy
+
+        # the largest context llama-bench creates here
+        copy = score_copy.measure(o.model, max(o.depths) + o.n_prompt + o.n_gen, o.score_type)
+
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(o).items()}
     return {
         "schema": SCHEMA,
@@ -175,6 +182,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
         "model": {"path": str(o.model), "sha256": sha256_file(o.model), "size_bytes": o.model.stat().st_size},
         "text": {"path": str(o.text), "sha256": sha256_file(o.text)},
         "options": options,
+        "score_copy": copy,
         "quality": quality_doc,
         "speed": speed_doc,
         "llama_bench_records": records,
@@ -240,7 +248,14 @@ def header(doc: dict[str, Any]) -> str:
             f"score type {o.get('score_type', 'none')}, max ubatch {o.get('max_ubatch', 0) or 'all'}, "
             f"quality regime {o.get('regime', 'prompt')}, backend {doc['backend']}\n"
             f"machine: {machine.one_line(doc['machine'])}\n"
-            f"llama.cpp {doc['llama_cpp_pin'][:12]} + patch series {doc['patch_series_sha256'][:12]}")
+            f"llama.cpp {doc['llama_cpp_pin'][:12]} + patch series {doc['patch_series_sha256'][:12]}"
+            + (f"\n{score_copy_text(doc['score_copy'])}" if doc.get("score_copy") else ""))
+
+
+def score_copy_text(s: dict[str, Any]) -> str:
+    from pysparsek import score_copy
+
+    return score_copy.describe(s)
 
 
 def write_report(doc: dict[str, Any], out: Path) -> list[Path]:

@@ -1,0 +1,30 @@
+"""Memory of the Sparse-K score copy of K (score_type), measured through the C API on a real context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pysparsek import llm
+
+# bytes per value: the copy holds the same cells and layers as K, so its size relative to an F16 K is fixed
+BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def measure(model: Path, n_ctx: int, score_type: str) -> dict[str, float | int | str]:
+    """Bytes of the score copy for a context of n_ctx cells, and the F16 K it mirrors (same cells and layers)."""
+    if score_type not in BYTES_PER_VALUE:
+        raise ValueError(f"unknown score type {score_type!r}; choose one of {', '.join(BYTES_PER_VALUE)}")
+    m = llm.load(model, n_ctx=n_ctx, n_batch=32, n_ubatch=32, n_threads=1, flash_attn=True)
+    try:
+        llm.set_score_type(m, score_type)
+        size = llm.score_size(m)
+    finally:
+        m.close()
+    k_f16 = round(size * 2.0 / BYTES_PER_VALUE[score_type])
+    return {"score_type": score_type, "n_ctx": n_ctx, "bytes": size, "k_f16_bytes": k_f16,
+            "fraction_of_k_f16": size / k_f16 if k_f16 else 0.0}
+
+
+def describe(s: dict[str, float | int | str]) -> str:
+    return (f"score copy of K ({s['score_type']}) at {s['n_ctx']} cells: {int(s['bytes']) / 2**20:.1f} MiB, "
+            f"{100 * float(s['fraction_of_k_f16']):.1f} % of an f16 K ({int(s['k_f16_bytes']) / 2**20:.1f} MiB)")
