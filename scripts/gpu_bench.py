@@ -163,9 +163,13 @@ def step_bench(a: argparse.Namespace) -> None:
     model = work / f"random-{a.shape}-{a.quant}.gguf"
     depths = [int(d) for d in a.depths.split(",")]
     configs = [("stock", [], "stock"), ("patched", ["-sk", "0"], "dense")]
+    policy = ["-skmu", str(a.max_ubatch)] if a.max_ubatch else []
     for k in [int(v) for v in a.topk.split(",")]:
         for mode in a.modes.split(","):
-            configs.append(("patched", ["-sk", str(k), "-skm", mode], f"K={k} {mode}"))
+            for st in a.score_types.split(","):
+                label = f"K={k} {mode}" + ("" if st == "none" else f" {st} copy") + \
+                    (f" ub<={a.max_ubatch}" if a.max_ubatch else "")
+                configs.append(("patched", ["-sk", str(k), "-skm", mode, "-skst", st, *policy], label))
     samples: dict[tuple[str, str, int], list[float]] = {}
     raw: list[dict] = []
     for r in range(a.rounds):
@@ -217,6 +221,8 @@ def main() -> int:
     ap.add_argument("--depths", default="0,8192,32768")
     ap.add_argument("--topk", default="256,1024,4096")
     ap.add_argument("--modes", default="token,group,head")
+    ap.add_argument("--score-types", default="none", help="comma-separated: none (score from K), f16, q8_0, q4_0")
+    ap.add_argument("--max-ubatch", type=int, default=0, help="Sparse-K only for ubatches of <= N tokens (0: all)")
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)

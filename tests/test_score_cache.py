@@ -234,3 +234,18 @@ def test_llama_bench_sweeps_score_type_and_policy(patched_build: Build, model: P
     bad = subprocess.run([str(patched_build.tool("llama-bench")), "-m", str(model), "-skst", "q3"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode != 0
+
+
+def test_copy_next_to_a_quantized_kv_cache(model: Path, tokens: list[int]) -> None:
+    """A q4_0 copy next to a q8_0 K/V cache (which stores Hadamard-rotated keys; the copy stores the same keys):
+    runs, and chooses close to what scoring from the q8_0 K chooses."""
+    import llama_cpp
+
+    out = {}
+    for score_type in ("none", "q4_0"):
+        m = _load(model, score_type, type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
+        out[score_type] = dr.log_softmax(_eval_logits(m, tokens[:300]))
+        m.close()
+    kl = float((np.exp(out["none"]) * (out["none"] - out["q4_0"])).sum(-1).mean())
+    assert not np.array_equal(out["none"], out["q4_0"])
+    assert kl < 0.05, kl

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pysparsek import perplexity
@@ -112,3 +113,21 @@ def test_the_swa_check_rejects_wrong_rules(weights: numpy_gemma2.Gemma2Weights, 
     ok, report = _check(weights, swa_model, tokens, dense, {**_rule(settings), **wrong}, settings)
     print("\n" + report)
     assert not ok, report
+
+
+def test_score_copy_on_the_iswa_cache(swa_model: Path, tokens: list[int]) -> None:
+    """Both caches of an iSWA model keep a copy: f16 selects exactly as K (flash attention, where the op applies
+    the soft-cap in both cases); q4_0 runs and stays close."""
+    from pysparsek import llm
+
+    out = {}
+    for score_type in ("none", "f16", "q4_0"):
+        m = llm.load(swa_model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
+                     flash_attn=True, topk=16, mode="group", window=4, sinks=2, score_type=score_type)
+        assert llm.score_size(m) > 0 or score_type == "none"
+        m.eval(tokens)
+        out[score_type] = np.array(m.scores[: len(tokens)], copy=True)
+        m.close()
+    assert np.array_equal(out["none"], out["f16"])
+    assert not np.array_equal(out["none"], out["q4_0"])
+    assert numpy_llama.kl(out["none"], out["q4_0"]) < 0.05
