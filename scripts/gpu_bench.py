@@ -6,6 +6,8 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   check   test-backend-ops for the Sparse-K mask op, CUDA against the CPU
   model   write a random-weight GGUF of a real shape (tokenizer "none") and quantize it
   bench   llama-bench -fa 1: stock, patched dense and patched Sparse-K, interleaved over rounds; JSON + markdown
+  profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
+          shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
 
 Usage: python3 scripts/gpu_bench.py STEP [options]   (CUDA_ARCH=90 by default)
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -158,6 +161,46 @@ def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: a
     return recs
 
 
+PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,")]
+PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
+
+
+def parse_perf(text: str) -> list[dict]:
+    """test-backend-ops perf console lines (its CSV output has no timings in perf mode)."""
+    rows = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        m = PERF_LINE.match(line)
+        if m:
+            rows.append({"op": m.group(1), "params": m.group(2), "runs": int(m.group(3)), "time_us": float(m.group(4))})
+    return rows
+
+
+def profile_markdown(rows: list[dict], layers: int, step_ms: float) -> str:
+    md = [f"test-backend-ops perf on CUDA0; per step = x {layers} layers; share = of a stock decode step of "
+          f"{step_ms:.2f} ms (--step-ms)", "", "| op | params | us/run | ms per step | share |",
+          "|---|---|---:|---:|---:|"]
+    for r in rows:
+        per_step = r["time_us"] * layers / 1000
+        md.append(f"| {r['op']} | {r['params']} | {r['time_us']:.1f} | {per_step:.2f} | "
+                  f"{100 * per_step / step_ms:.0f} % |")
+    return "\n".join(md) + "\n"
+
+
+def step_profile(a: argparse.Namespace) -> None:
+    exe = bindir(Path(a.work), "patched") / "test-backend-ops"
+    rows = []
+    for op, params in PROFILE_CASES:
+        proc = subprocess.run([str(exe), "perf", "-b", "CUDA0", "-o", op, "-p", params],
+                              capture_output=True, text=True, check=True)
+        rows += parse_perf(proc.stdout)
+    md = profile_markdown(rows, SHAPES[a.shape][0], a.step_ms)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_profile.json").write_text(json.dumps({"shape": a.shape, "step_ms": a.step_ms, "rows": rows}, indent=2))
+    (out / "gpu_profile.md").write_text(md)
+    print(md, flush=True)
+
+
 def step_bench(a: argparse.Namespace) -> None:
     work = Path(a.work)
     model = work / f"random-{a.shape}-{a.quant}.gguf"
@@ -211,7 +254,7 @@ def step_bench(a: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
@@ -223,6 +266,8 @@ def main() -> int:
     ap.add_argument("--modes", default="token,group,head")
     ap.add_argument("--score-types", default="none", help="comma-separated: none (score from K), f16, q8_0, q4_0")
     ap.add_argument("--max-ubatch", type=int, default=0, help="Sparse-K only for ubatches of <= N tokens (0: all)")
+    ap.add_argument("--step-ms", type=float, default=1000 / 174.4, help="profile: a stock decode step in ms "
+                    "(default: 1000/174.4, stock tg64 at depth 32768 on the H100, results/gpu-h100-score-copy.md)")
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
