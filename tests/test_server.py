@@ -67,7 +67,8 @@ def test_server_answers_with_sparsek_and_reports_it(patched_build: builds.Build,
     log = tmp_path / "server.log"
     with _serving(cmd, log, port) as client:
         props = client.get("/props").json()
-        assert props["sparsek"] == {"top_k": 64, "window": 0, "stride": 0, "sinks": 4, "mode": "group"}
+        assert props["sparsek"] == {"top_k": 64, "window": 0, "stride": 0, "sinks": 4, "mode": "group",
+                                    "max_ubatch": 0, "score_type": "none"}
 
         prompt = passkey.prompt(n_junk=20, i_pos=7, key=48213)
         r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8, "temperature": 0,
@@ -106,3 +107,19 @@ def test_serve_rejects_bad_settings_before_starting() -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "--topk" in proc.stderr and "must be >= 0" in proc.stderr
+
+
+def test_server_with_a_q4_0_copy_and_the_decode_only_policy(patched_build: builds.Build, model: Path,
+                                                             tmp_path: Path) -> None:
+    """`--score-type q4_0 --max-ubatch 1`: /props reports both, and the answer still recalls the key."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--mode", "group", "--sinks", "4",
+           "--score-type", "q4_0", "--max-ubatch", "1", "--port", str(port), "-c", "1024", "-t", "2", "--",
+           "--parallel", "1"]
+    with _serving(cmd, tmp_path / "server.log", port) as client:
+        sk = client.get("/props").json()["sparsek"]
+        assert (sk["score_type"], sk["max_ubatch"], sk["top_k"]) == ("q4_0", 1, 64)
+        r = client.post("/v1/completions", json={"prompt": passkey.prompt(n_junk=20, i_pos=7, key=48213),
+                                                 "max_tokens": 8, "temperature": 0, "seed": 1})
+        assert r.status_code == 200, r.text
+        assert "48213" in r.json()["choices"][0]["text"]
