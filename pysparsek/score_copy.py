@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
+
 from pysparsek import llm
 
-# bytes per value: the copy holds the same cells and layers as K, so its size relative to an F16 K is fixed
-BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+def _bytes_per_value(name: str) -> float:
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name.upper()]]
+    return type_size / block
+
+
+# the copy holds the same cells and layers as K, so its size relative to an F16 K follows from its type
+BYTES_PER_VALUE = {name: _bytes_per_value(name) for name in ("f16", "q8_0", "q4_0")}
 
 
 def measure(model: Path, n_ctx: int, score_type: str) -> dict[str, float | int | str]:

@@ -19,6 +19,8 @@ from pysparsek import corpus, llm, meta
 from pysparsek import decode_regime as dr
 from pysparsek.build import Build
 
+import numpy_llama
+
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
 N_CTX = 512
@@ -64,18 +66,15 @@ def test_q4_0_copy_changes_the_selection_a_little(model: Path, tokens: list[int]
     res = {}
     for score_type in ("none", "q4_0"):
         m = _load(model, score_type)
-        res[score_type] = dr.log_softmax(_eval_logits(m, tokens[:300]))
+        res[score_type] = _eval_logits(m, tokens[:300])
         m.close()
     d = llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True, flash_attn=True)
-    dense = dr.log_softmax(_eval_logits(d, tokens[:300]))
+    dense = _eval_logits(d, tokens[:300])
     d.close()
 
-    def kl(p: np.ndarray, q: np.ndarray) -> float:
-        return float((np.exp(p) * (p - q)).sum(-1).mean())
-
     assert not np.array_equal(res["none"], res["q4_0"])
-    kl_q4 = kl(res["none"], res["q4_0"])
-    kl_sparse = kl(dense, res["none"])
+    kl_q4 = numpy_llama.kl(res["none"], res["q4_0"])
+    kl_sparse = numpy_llama.kl(dense, res["none"])
     print(f"\nKL(exact || q4_0 scores) = {kl_q4:.4f}, KL(dense || exact K=16) = {kl_sparse:.4f}")
     assert kl_q4 < 0.5 * kl_sparse
 
@@ -244,8 +243,8 @@ def test_copy_next_to_a_quantized_kv_cache(model: Path, tokens: list[int]) -> No
     out = {}
     for score_type in ("none", "q4_0"):
         m = _load(model, score_type, type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
-        out[score_type] = dr.log_softmax(_eval_logits(m, tokens[:300]))
+        out[score_type] = _eval_logits(m, tokens[:300])
         m.close()
-    kl = float((np.exp(out["none"]) * (out["none"] - out["q4_0"])).sum(-1).mean())
+    kl = numpy_llama.kl(out["none"], out["q4_0"])
     assert not np.array_equal(out["none"], out["q4_0"])
     assert kl < 0.05, kl
