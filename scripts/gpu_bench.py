@@ -6,6 +6,7 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   check   test-backend-ops for the Sparse-K mask op, CUDA against the CPU
   model   write a random-weight GGUF of a real shape (tokenizer "none") and quantize it
   bench   llama-bench -fa 1: stock, patched dense and patched Sparse-K, interleaved over rounds; JSON + markdown
+  ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
 
@@ -31,7 +32,7 @@ SHAPES = {
     "llama3.2-1b": (16, 2048, 32, 8, 8192, 128256, 500000.0),
     "tiny": (2, 512, 8, 4, 1024, 4096, 10000.0),  # seconds on a CPU: for checks, not for timings
 }
-TARGETS = ["llama-bench", "test-backend-ops", "llama-quantize"]
+TARGETS = ["llama-bench", "test-backend-ops", "llama-quantize", "llama-perplexity"]
 NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "pysparsek" / "cmake" / "ggml_no_amx.cmake"
 
 
@@ -68,14 +69,24 @@ def step_build(a: argparse.Namespace) -> None:
         print(f"built {flavor} in {time.time() - t0:.0f} s", flush=True)
 
 
+# test-backend-ops eval on CUDA against the CPU: the mask op, and flash attention's sparse gather (n_kv_max > 0)
+CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]")]
+
+
 def step_check(a: argparse.Namespace) -> None:
     exe = bindir(Path(a.work), "patched") / "test-backend-ops"
-    proc = subprocess.run([str(exe), "test", "-o", "SPARSEK_MASK"], capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if "SPARSEK" in line or "tests passed" in line
-             or "Backend" in line or "FAIL" in line]
-    print("\n".join(lines[-60:]), flush=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"test-backend-ops failed (exit {proc.returncode})")
+    failed = []
+    for op, params in CHECK_CASES:
+        cmd = [str(exe), "test", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if "tests passed" in line or "FAIL" in line]
+        n_ok = sum("OK" in line for line in proc.stdout.splitlines())
+        print(f"{op}: {n_ok} cases OK", flush=True)
+        print("\n".join(lines[-40:]), flush=True)
+        if proc.returncode != 0:
+            failed.append(op)
+    if failed:
+        raise SystemExit(f"test-backend-ops failed for {', '.join(failed)}")
 
 
 def write_random_gguf(path: Path, shape: str, gguf_py: Path) -> None:
@@ -161,7 +172,8 @@ def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: a
     return recs
 
 
-PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,")]
+PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,"),
+                 ("FLASH_ATTN_EXT", r"hsk=128,hsv=128,nh=[18],nr23=\[4,[18]\],kv=(32768|131072),nb=1,")]
 PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
 
 
@@ -252,9 +264,53 @@ def step_bench(a: argparse.Namespace) -> None:
     print(f"sparse gather path log lines per config: {used}", flush=True)
 
 
+PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
+
+
+def step_ppl(a: argparse.Namespace) -> None:
+    """A real model's perplexity with the patched build on the GPU (-ngl 99) and on the CPU (-ngl 0), -fa on.
+
+    Sparse-K's CUDA path must give the CPU's figures (same kept cells, FA within float rounding). The GGUF may
+    travel in parts (`split -b 47M`, each part in its own call, reassembled with cat): --ppl-model names the file.
+    """
+    exe = bindir(Path(a.work), "patched") / "llama-perplexity"
+    configs: list[tuple[str, list[str]]] = [("dense", [])]
+    for k in [int(v) for v in a.topk.split(",")]:
+        for mode in a.modes.split(","):
+            configs.append((f"K={k} {mode}", ["--sparsek-topk", str(k), "--sparsek-mode", mode]))
+    rows = []
+    for label, extra in configs:
+        row: dict = {"config": label}
+        for dev, ngl in (("gpu", "99"), ("cpu", "0")):
+            proc = subprocess.run([str(exe), "-m", a.ppl_model, "-f", a.ppl_text, "-c", "512", "--chunks",
+                                   str(a.ppl_chunks), "-b", "512", "-fa", "on", "-ngl", ngl, *extra],
+                                  capture_output=True, text=True)
+            m = PPL_LINE.search(proc.stdout + proc.stderr)
+            row[dev] = float(m.group(1)) if m else None
+            if m is None:
+                log = (proc.stdout + proc.stderr).splitlines()
+                tail = [line for line in log if "rror" in line or "Sparse-K" in line]
+                row[f"{dev}_error"] = tail[-1] if tail else f"exit {proc.returncode}"
+        rows.append(row)
+        print(row, flush=True)
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    md = [f"llama-perplexity -c 512 --chunks {a.ppl_chunks} -fa on, patched build; GPU: {gpu} (-ngl 99) vs its host "
+          f"CPU (-ngl 0); model {Path(a.ppl_model).name}", "", "| config | GPU PPL | CPU PPL | GPU/CPU |",
+          "| --- | --- | --- | --- |"]
+    for r in rows:
+        ratio = f"{r['gpu'] / r['cpu']:.5f}" if r.get("gpu") and r.get("cpu") else r.get("gpu_error", "-")
+        md.append(f"| {r['config']} | {r['gpu']} | {r['cpu']} | {ratio} |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_ppl.json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=2))
+    (out / "gpu_ppl.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
@@ -272,6 +328,9 @@ def main() -> int:
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ppl-model", help="ppl: a real model's GGUF")
+    ap.add_argument("--ppl-text", help="ppl: a text file")
+    ap.add_argument("--ppl-chunks", type=int, default=12)
     ap.add_argument("--out", default=os.environ.get("OUT", "reports/gpu"))
     a = ap.parse_args()
     steps = ["build", "check", "model", "bench"] if a.step == "all" else [a.step]
