@@ -27,6 +27,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--model")
+    ap.add_argument("--no-caches", action="store_true", help="skip the dense runs with q8_0/q4_0 K/V caches (slow)")
     ap.add_argument("--out", default="results/cpu-speed-targets")
     args = ap.parse_args()
 
@@ -40,6 +41,8 @@ def main() -> int:
     runs = [("sparse", {"top_ks": [0, *ks], "score_types": ("none", "q4_0"), "max_ubatch": 1}),
             ("cache q8_0", {"top_ks": [0], "extra": ("-ctk", "q8_0", "-ctv", "q8_0")}),
             ("cache q4_0", {"top_ks": [0], "extra": ("-ctk", "q4_0", "-ctv", "q4_0")})]
+    if args.no_caches:
+        runs = runs[:1]
     samples: dict[tuple[str, str], list[float]] = {}
     t0 = time.time()
     for r in range(args.rounds):
