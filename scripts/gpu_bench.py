@@ -41,6 +41,20 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
+def gpu_name(fields: str = "name") -> str:
+    return subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def write_report(a: argparse.Namespace, stem: str, doc: dict, md: str) -> None:
+    """OUT/stem.json and OUT/stem.md, and the markdown on stdout."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+    (out / f"{stem}.md").write_text(md)
+    print(md, flush=True)
+
+
 def tree(work: Path, flavor: str) -> Path:
     return work / f"llama.cpp-{flavor}"
 
@@ -80,8 +94,7 @@ def step_check(a: argparse.Namespace) -> None:
         cmd = [str(exe), "test", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if "tests passed" in line or "FAIL" in line]
-        n_ok = sum("OK" in line for line in proc.stdout.splitlines())
-        print(f"{op}: {n_ok} cases OK", flush=True)
+        print(f"{op}:", flush=True)
         print("\n".join(lines[-40:]), flush=True)
         if proc.returncode != 0:
             failed.append(op)
@@ -198,6 +211,31 @@ def profile_markdown(rows: list[dict], layers: int, step_ms: float) -> str:
     return "\n".join(md) + "\n"
 
 
+# ncu's per-kernel duration lines: the kernel's signature, then its metric
+NCU_KERNEL = re.compile(r"^\s+(?:void )?(\w+(?:<[^(]*>)?)\(")
+NCU_TIME = re.compile(r"gpu__time_duration\.sum\s+(\w+)\s+([\d.]+)")
+
+
+def ncu_kernel_times(exe: Path, params: str) -> list[dict]:
+    """Each selection kernel's duration for one SPARSEK_MASK perf case under ncu (one launch of each kernel; ncu
+    runs them alone, at base clocks, with cold caches, so they sum to more than the in-graph time)."""
+    proc = subprocess.run(["ncu", "--launch-count", "5", "-k", "regex:sparsek", "--metrics", "gpu__time_duration.sum",
+                           str(exe), "perf", "-b", "CUDA0", "-o", "SPARSEK_MASK", "-p", params],
+                          capture_output=True, text=True, check=True)
+    return parse_ncu(proc.stdout)
+
+
+def parse_ncu(text: str) -> list[dict]:
+    rows, kernel = [], None
+    for line in text.splitlines():
+        if m := NCU_KERNEL.match(line):
+            kernel = m.group(1)
+        elif (m := NCU_TIME.search(line)) and kernel:
+            scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3}[m.group(1)]
+            rows.append({"kernel": kernel, "time_us": float(m.group(2)) * scale})
+    return rows
+
+
 def step_profile(a: argparse.Namespace) -> None:
     exe = bindir(Path(a.work), "patched") / "test-backend-ops"
     rows = []
@@ -206,11 +244,13 @@ def step_profile(a: argparse.Namespace) -> None:
                               capture_output=True, text=True, check=True)
         rows += parse_perf(proc.stdout)
     md = profile_markdown(rows, SHAPES[a.shape][0], a.step_ms)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_profile.json").write_text(json.dumps({"shape": a.shape, "step_ms": a.step_ms, "rows": rows}, indent=2))
-    (out / "gpu_profile.md").write_text(md)
-    print(md, flush=True)
+    doc = {"gpu": gpu_name(), "shape": a.shape, "step_ms": a.step_ms, "rows": rows}
+    if a.ncu:
+        # GROUP at n_kv 32768: where the selection's time goes, kernel by kernel
+        doc["ncu"] = ncu_kernel_times(exe, r"ne=\[32768,1,32,1\].*mode=1")
+        md += "\nncu, SPARSEK_MASK GROUP n_kv 32768 (each kernel alone, base clocks, cold caches):\n\n" + "\n".join(
+            f"- {r['kernel']}: {r['time_us']:.1f} us" for r in doc["ncu"]) + "\n"
+    write_report(a, "gpu_profile", doc, md)
 
 
 def step_bench(a: argparse.Namespace) -> None:
@@ -244,13 +284,9 @@ def step_bench(a: argparse.Namespace) -> None:
         rows.append({"config": label, "test": test, "depth": depth, "tokens_per_s": statistics.median(ts),
                      "stock_tokens_per_s": statistics.median(base), "ratio_vs_stock": statistics.median(ratios),
                      "ratio_min": min(ratios), "ratio_max": max(ratios), "samples_ts": ts})
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    gpu = gpu_name("name,driver_version")
     doc = {"gpu": gpu, "shape": a.shape, "quant": a.quant, "rounds": a.rounds, "reps": a.reps, "rows": rows,
            "llama_bench_records": raw}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_bench.json").write_text(json.dumps(doc, indent=2))
     md = [f"GPU: {gpu}; model: random {a.shape} {a.quant}; llama-bench -fa 1, {a.rounds} interleaved rounds x "
           f"{a.reps} reps; ratio = median of same-round ratios vs stock", "",
           "| config | test | depth | t/s | stock t/s | ratio | spread |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -258,8 +294,7 @@ def step_bench(a: argparse.Namespace) -> None:
         md.append(f"| {row['config']} | {row['test']} | {row['depth']} | {row['tokens_per_s']:.2f} | "
                   f"{row['stock_tokens_per_s']:.2f} | {row['ratio_vs_stock']:.3f} | "
                   f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} |")
-    (out / "gpu_bench.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md), flush=True)
+    write_report(a, "gpu_bench", doc, "\n".join(md) + "\n")
     used = {r["config"]: r["sparse_gather_log_lines"] for r in raw}
     print(f"sparse gather path log lines per config: {used}", flush=True)
 
@@ -293,19 +328,14 @@ def step_ppl(a: argparse.Namespace) -> None:
                 row[f"{dev}_error"] = tail[-1] if tail else f"exit {proc.returncode}"
         rows.append(row)
         print(row, flush=True)
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    gpu = gpu_name()
     md = [f"llama-perplexity -c 512 --chunks {a.ppl_chunks} -fa on, patched build; GPU: {gpu} (-ngl 99) vs its host "
           f"CPU (-ngl 0); model {Path(a.ppl_model).name}", "", "| config | GPU PPL | CPU PPL | GPU/CPU |",
           "| --- | --- | --- | --- |"]
     for r in rows:
         ratio = f"{r['gpu'] / r['cpu']:.5f}" if r.get("gpu") and r.get("cpu") else r.get("gpu_error", "-")
         md.append(f"| {r['config']} | {r['gpu']} | {r['cpu']} | {ratio} |")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_ppl.json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=2))
-    (out / "gpu_ppl.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md), flush=True)
+    write_report(a, "gpu_ppl", {"gpu": gpu, "rows": rows}, "\n".join(md) + "\n")
 
 
 def main() -> int:
@@ -328,6 +358,7 @@ def main() -> int:
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ncu", action="store_true", help="profile: also each selection kernel's time under ncu")
     ap.add_argument("--ppl-model", help="ppl: a real model's GGUF")
     ap.add_argument("--ppl-text", help="ppl: a text file")
     ap.add_argument("--ppl-chunks", type=int, default=12)
