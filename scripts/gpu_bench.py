@@ -83,8 +83,10 @@ def step_build(a: argparse.Namespace) -> None:
         print(f"built {flavor} in {time.time() - t0:.0f} s", flush=True)
 
 
-# test-backend-ops eval on CUDA against the CPU: the mask op, and flash attention's sparse gather (n_kv_max > 0)
-CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]")]
+# test-backend-ops eval on CUDA against the CPU: the mask op, flash attention's sparse gather (n_kv_max > 0), and
+# the quantized products over rows of a few blocks (the score copy's q.k, patch 0012)
+CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]"),
+               ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),")]
 
 
 def step_check(a: argparse.Namespace) -> None:
