@@ -172,23 +172,26 @@ def step_model(a: argparse.Namespace) -> None:
     print(f"quantized to {out} in {time.time() - t0:.0f} s", flush=True)
 
 
-def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: argparse.Namespace) -> list[dict]:
-    cmd = [str(exe), "-m", str(model), "-fa", "1", "-ngl", "99", "-o", "json", "-r", str(a.reps),
-           "-p", str(a.n_prompt), "-n", str(a.n_gen), "-d", ",".join(map(str, depths)), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def llama_bench(exe: Path, model: Path, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """llama-bench -fa 1 -ngl 99 -o json on the model; exits with its stderr's tail if it fails."""
+    cmd = [str(exe), "-m", str(model), "-fa", "1", "-ngl", "99", "-o", "json", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"llama-bench failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: argparse.Namespace) -> list[dict]:
+    proc = llama_bench(exe, model, ["-r", str(a.reps), "-p", str(a.n_prompt), "-n", str(a.n_gen),
+                                    "-d", ",".join(map(str, depths)), *extra])
     return json.loads(proc.stdout[proc.stdout.find("["):])
 
 
 def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[str]:
     """CUDA's sparse-gather log lines (GGML_CUDA_SPARSE_FA_LOG) in a short verbose decode: llama-bench mutes logs
     unless -v, and -v logs at debug level, so the timed runs stay quiet and this separate run shows the path."""
-    cmd = [str(exe), "-m", str(model), "-fa", "1", "-ngl", "99", "-o", "json", "-r", "1", "-p", "0", "-n", "4",
-           "-d", str(depth), "-v", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GGML_CUDA_SPARSE_FA_LOG": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"llama-bench failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    proc = llama_bench(exe, model, ["-r", "1", "-p", "0", "-n", "4", "-d", str(depth), "-v", *extra],
+                       env={**os.environ, "GGML_CUDA_SPARSE_FA_LOG": "1"})
     return [line for line in proc.stderr.splitlines() if "sparse flash attention gather" in line]
 
 
