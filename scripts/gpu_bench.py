@@ -9,6 +9,9 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
+  harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
+          llama.cpp build), check the decode selection kernel against a CPU reference on fresh random data and time
+          it (--trace: also each phase's SM clocks in block 0)
 
 Usage: python3 scripts/gpu_bench.py STEP [options]   (CUDA_ARCH=90 by default)
 """
@@ -314,6 +317,28 @@ def step_bench(a: argparse.Namespace) -> None:
     write_report(a, "gpu_bench", doc, "\n".join(md) + "\n")
 
 
+HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
+
+
+def step_harness(a: argparse.Namespace) -> None:
+    work = Path(a.work)
+    if not (work / "BUNDLE.json").is_file():
+        with tarfile.open(a.bundle) as tar:
+            tar.extractall(work, filter="tar")
+    ggml = tree(work, "patched") / "ggml"
+    exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
+    sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo",
+        *(["-DSPARSEK_CL_TRACE"] if a.trace else []), f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
+        f"-I{ggml / 'src' / 'ggml-cuda'}", str(HARNESS), "-o", str(exe)])
+    proc = subprocess.run([str(exe)], capture_output=True, text=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / exe.with_suffix(".txt").name).write_text(proc.stdout + proc.stderr)
+    print(proc.stdout + proc.stderr, flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"harness failed (exit {proc.returncode})")
+
+
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
 
 
@@ -355,7 +380,7 @@ def step_ppl(a: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
@@ -374,6 +399,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ncu", action="store_true", help="profile: also each selection kernel's time under ncu")
+    ap.add_argument("--trace", action="store_true", help="harness: also each phase's SM clocks (block 0 of row 0)")
     ap.add_argument("--gather-check", action="store_true",
                     help="bench: also a short verbose decode per patched config, counting sparse FA gather log lines")
     ap.add_argument("--ppl-model", help="ppl: a real model's GGUF")
