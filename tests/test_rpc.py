@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import re
 import signal
 import subprocess
 import time
@@ -43,10 +44,15 @@ def _run(cmd: list[str], timeout_s: float = BOUND_S) -> subprocess.CompletedProc
     return proc
 
 
-def _failed_cleanly(proc: subprocess.CompletedProcess[str] | subprocess.Popen[bytes], output: str) -> None:
-    """Exited with an error status, not killed by a signal (abort, segfault, SIGPIPE)."""
-    assert proc.returncode is not None and proc.returncode > 0, f"exit {proc.returncode}:\n{output[-3000:]}"
-    assert "GGML_ASSERT" not in output and "GGML_ABORT" not in output and "Aborted" not in output, output[-3000:]
+def _no_crash(proc: subprocess.CompletedProcess[str] | subprocess.Popen[bytes], output: str) -> None:
+    """Exited by itself, not killed by a signal (abort, segfault, SIGPIPE), and no failed assertion."""
+    assert proc.returncode is not None and proc.returncode >= 0, f"exit {proc.returncode}:\n{output[-3000:]}"
+    assert "GGML_ASSERT" not in output, output[-3000:]
+
+
+def _failed_cleanly(proc: subprocess.CompletedProcess[str], output: str) -> None:
+    _no_crash(proc, output)
+    assert proc.returncode > 0, f"exit {proc.returncode}:\n{output[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +76,30 @@ def test_rpc_perplexity_equals_local(local_runs, patched_build: Build, model: Pa
         for name, s in (("dense", dataclasses.replace(SPARSE, topk=0, score_type=None)), ("sparse", SPARSE)):
             out = tmp_path / f"{name}-rpc.bin"
             # GGML_SCHED_DEBUG lists each split's backend and nodes: the Sparse-K op must run on a server
-            res = perplexity.measure(patched_build, model, short_text, _remote(s, servers.endpoints, "-lv", "4"),
+            res = perplexity.measure(patched_build, model, short_text, _remote(s, servers.endpoints, "-lv", "5"),
                                      save_logits=out, env={"GGML_SCHED_DEBUG": "2"})
             local, local_file = local_runs[name]
             assert (res.chunks, res.final, res.final_stderr) == (local.chunks, local.final, local.final_stderr), name
             assert filecmp.cmp(out, local_file, shallow=False), f"{name}: per-token log-probabilities differ"
-            assert "RPC0" in res.output and "RPC1" in res.output, res.output[-3000:]
+            for server in servers.servers:
+                assert re.search(rf"RPC\d+\[{re.escape(server.endpoint)}\] model buffer size", res.output), \
+                    f"no layers on {server.endpoint}"
             if name == "sparse":
                 assert "Sparse-K score cache (q4_0)" in res.output
                 assert rpc_nodes(res.output, "SPARSEK_MASK"), "the Sparse-K op did not run on an RPC server"
 
 
 def rpc_nodes(output: str, op: str) -> list[str]:
-    """Scheduler debug lines of nodes with op `op` placed on an RPC backend."""
-    return [line for line in output.splitlines() if f"({op})" in line and "[RPC" in line]
+    """Scheduler debug lines (GGML_SCHED_DEBUG=2) of nodes with op `op` placed on an RPC backend: they read
+    `node # 21 (FLASH_ATTN):  node_21 (   2K) [RPC0[  ] ...`, the op name cut to 10 characters."""
+    line = re.compile(rf"node #\s*\d+ \(\s*{re.escape(op[:10])}\):[^\[]*\[RPC")
+    return line.findall(output)
 
 
 def test_rpc_server_stopped_mid_run(patched_build: Build, model: Path, short_text: Path, tmp_path: Path) -> None:
-    """SIGKILL one of the two servers after the first chunk: llama-perplexity names the lost server and exits with
-    an error status within BOUND_S."""
+    """SIGKILL one of the two servers after the first chunk: llama-perplexity names the lost server, its next decode
+    fails, and it exits by itself within BOUND_S, without a final estimate (upstream llama-perplexity exits 0 after a
+    failed decode; pysparsek.perplexity treats the missing estimate as the error)."""
     s = dataclasses.replace(SPARSE, chunks=40, batch=256)  # one chunk per decode call, long enough to interrupt
     log = tmp_path / "client.log"
     with rpc.local_servers(patched_build, 2, tmp_path, threads=2) as servers:
@@ -110,8 +121,9 @@ def test_rpc_server_stopped_mid_run(patched_build: Build, model: Path, short_tex
                 client.kill()
                 client.wait()
     output = log.read_text(errors="replace")
-    _failed_cleanly(client, output)
+    _no_crash(client, output)
     assert f"RPC server {servers.servers[1].endpoint}: connection lost" in output, output[-3000:]
+    assert "failed to decode" in output, output[-3000:]
     assert "Final estimate" not in output
     assert elapsed < BOUND_S
 
