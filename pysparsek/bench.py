@@ -54,6 +54,18 @@ class BenchOptions:
     regime: str = "prompt"       # quality: prompt (llama-perplexity) or decode (dense prompt, then decoded tokens)
     prompt_tokens: int = 1024    # decode regime: dense prompt per chunk
     decode_tokens: int = 256     # decode regime: tokens decoded one at a time per chunk
+    rpc: str = ""                # HOST:PORT[,...]: the patched runs put their layers on these ggml-rpc-servers
+
+
+def remote_args(o: BenchOptions) -> tuple[int, tuple[str, ...]]:
+    """-ngl and the extra tool arguments for the patched runs: with --rpc the layers go to the servers (-ngl 0
+    would leave them all local, so it becomes 99)."""
+    if not o.rpc:
+        return o.ngl, ()
+    from pysparsek import rpc
+
+    endpoints = ",".join(rpc.parse_endpoints(o.rpc))
+    return o.ngl or 99, ("--rpc", endpoints)
 
 
 def _settings(o: BenchOptions) -> Settings:
@@ -130,6 +142,10 @@ def run(o: BenchOptions) -> dict[str, Any]:
     """Measure everything and return the results document (see docs in README, 'results.json')."""
     if o.backend == "cuda" and not machine.gpus():
         raise builds.BuildError("backend 'cuda' requested, but no NVIDIA GPU is visible here (nvidia-smi lists none)")
+    ngl, remote = remote_args(o)
+    if remote and o.regime == "decode":
+        raise builds.BuildError("--rpc applies to the prompt regime (llama-perplexity) and the speed runs; the decode "
+                                "regime runs through llama-cpp-python in this process")
     patched = builds.require("patched", o.backend)
     builds.require("stock", o.backend)
     if o.regime == "decode":
@@ -137,8 +153,10 @@ def run(o: BenchOptions) -> dict[str, Any]:
             raise builds.BuildError("the decode regime runs through llama-cpp-python on the CPU build only")
         quality_doc = decode_quality(o)
     else:
+        # a stock client cannot use patched servers (patch 0014 refuses it), so stock runs locally: the identity
+        # check then also holds the remote patched run to the local stock one
         quality_doc = quality_json(compare.run(o.model, o.text, _settings(o), o.topks, backend=o.backend,
-                                               quiet=o.quiet))
+                                               quiet=o.quiet, patched_extra=("-ngl", str(ngl), *remote)))
 
     records: list[dict[str, Any]] = []
     speed_doc: dict[str, Any] = {"dense": [], "sparse": []}
@@ -157,7 +175,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
 
         meas = speed.interleaved(patched, o.model, configs, rounds=o.rounds, n_prompt=o.n_prompt, n_gen=o.n_gen,
                                  depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn,
-                                 ngl=o.ngl, progress=step)
+                                 ngl=ngl, progress=step, extra=remote)
         bar.update()
         bar.close()
         speed_doc = speed_json(speed.ratios(meas), meas)
@@ -246,7 +264,8 @@ def header(doc: dict[str, Any]) -> str:
             f"text {Path(doc['text']['path']).name}, ctx {o['ctx']}, {o['chunks']} chunks, "
             f"flash attention {'on' if o['flash_attn'] else 'off'}, mode {o['mode']}, "
             f"score type {o.get('score_type', 'none')}, max ubatch {o.get('max_ubatch', 0) or 'all'}, "
-            f"quality regime {o.get('regime', 'prompt')}, backend {doc['backend']}\n"
+            f"quality regime {o.get('regime', 'prompt')}, backend {doc['backend']}"
+            + (f", patched runs on RPC servers {o['rpc']}" if o.get("rpc") else "") + "\n"
             f"machine: {machine.one_line(doc['machine'])}\n"
             f"llama.cpp {doc['llama_cpp_pin'][:12]} + patch series {doc['patch_series_sha256'][:12]}"
             + (f"\n{score_copy_text(doc['score_copy'])}" if doc.get("score_copy") else ""))

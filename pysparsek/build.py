@@ -15,7 +15,10 @@ from pysparsek.buildlog import run_logged
 from pysparsek.proc import run
 
 # Only what the project uses; the full tree has ~100 targets and takes far longer on 2 cores.
-BINARIES = ["llama-perplexity", "llama-bench", "llama-completion", "llama-quantize", "test-backend-ops"]
+BINARIES = ["llama-perplexity", "llama-bench", "llama-completion", "llama-quantize", "test-backend-ops",
+            # ggml's RPC server (GGML_RPC=ON): a remote machine runs the patched one; the stock one is built too
+            # (one more source file) so the tests can show a stock server refusing a patched client
+            "ggml-rpc-server"]
 # The patch series adds this reference test of the Sparse-K mask op; the server is what people run with Sparse-K.
 PATCHED_ONLY = ["test-sparsek-mask", "llama-server"]
 # Appends -mno-amx-* to ggml-cpu after its -march=native (see the file for why).
@@ -117,6 +120,8 @@ def cmake_args(backend: str) -> list[str]:
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_OPENSSL=OFF",
+        # the RPC backend (`--rpc HOST:PORT` in the tools) and ggml-rpc-server, in both flavors
+        "-DGGML_RPC=ON",
         # tests read the exact compile commands (e.g. to check what an AMX CPU would get)
         "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
         f"-DGGML_CCACHE={'ON' if shutil.which('ccache') else 'OFF'}",

@@ -45,6 +45,15 @@ def _positive(value: str) -> int:
     return v
 
 
+def rpc_endpoints(value: str) -> str:
+    from pysparsek import rpc
+
+    try:
+        return ",".join(rpc.parse_endpoints(value))
+    except rpc.RpcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def cmd_source(args: argparse.Namespace) -> int:
     from pysparsek import source
 
@@ -131,7 +140,7 @@ def bench_options(args: argparse.Namespace, model: Path, text: Path):
                         n_gen=args.n_gen, reps=args.reps, rounds=args.rounds, backend=args.backend,
                         quiet=args.quiet or args.json, skip_speed=args.skip_speed, score_type=args.score_type,
                         max_ubatch=args.max_ubatch, regime=args.regime, prompt_tokens=args.prompt_tokens,
-                        decode_tokens=args.decode_tokens)
+                        decode_tokens=args.decode_tokens, rpc=args.rpc or "")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -316,6 +325,9 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
     p.add_argument("--out", help="report directory (default: reports/bench-MODEL-TIME, reports/sweep)")
     p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.add_argument("--rpc", type=rpc_endpoints, metavar="HOST:PORT[,...]",
+                   help="run the patched build's layers on these ggml-rpc-server processes (each must be the patched "
+                        "ggml-rpc-server of the same patch series; -ngl 0 becomes 99); stock runs stay local")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print results.json instead of the tables")
 

@@ -49,16 +49,18 @@ class Comparison:
 
 
 def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
-        quiet: bool = False, exact_topks: tuple[int, ...] = ()) -> Comparison:
+        quiet: bool = False, exact_topks: tuple[int, ...] = (), patched_extra: tuple[str, ...] = ()) -> Comparison:
     """exact_topks: K values expected to reproduce stock exactly (K >= context); they are compared byte for byte
-    instead of through KL divergence."""
+    instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc)."""
     stock_build = builds.require("stock", backend)
+    stock_settings = settings.without_sparsek()
+    settings = dataclasses.replace(settings, extra=settings.extra + patched_extra)
     patched_build = builds.require("patched", backend)
     steps = tqdm(total=2 + len(topks) + len(exact_topks), desc="perplexity", unit="run", disable=quiet)
     with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
         base_file = Path(tmp) / "stock.kld"
         off_file = Path(tmp) / "patched-off.kld"
-        stock = perplexity.measure(stock_build, model, text, settings.without_sparsek(), save_logits=base_file)
+        stock = perplexity.measure(stock_build, model, text, stock_settings, save_logits=base_file)
         steps.update()
         disabled = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=0),
                                       save_logits=off_file)

@@ -10,10 +10,11 @@ from pysparsek.patches import PatchError
 from pysparsek.perplexity import PerplexityError
 from pysparsek.proc import ToolError
 from pysparsek.regress import RegressError
+from pysparsek.rpc import RpcError
 from pysparsek.source import SourceError
 from pysparsek.speed import SpeedError
 
 USER_ERRORS = (
     BuildError, ConvertError, CorpusError, BindingError, MetaError, ModelError, PatchError, PerplexityError,
-    RegressError, SourceError, SpeedError, ToolError,
+    RegressError, RpcError, SourceError, SpeedError, ToolError,
 )

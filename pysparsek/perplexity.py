@@ -106,14 +106,15 @@ def parse_kld(output: str) -> PerplexityResult:
 
 
 def measure(build: Build, model: Path, text: Path, s: Settings, *, save_logits: Path | None = None,
-            kld_base: Path | None = None) -> PerplexityResult:
-    """Perplexity of `model` on `text`; save_logits writes a KL-divergence base file, kld_base compares to one."""
+            kld_base: Path | None = None, env: dict[str, str] | None = None) -> PerplexityResult:
+    """Perplexity of `model` on `text`; save_logits writes a KL-divergence base file, kld_base compares to one;
+    env: extra environment variables for the tool."""
     cmd = command(build, model, text, s)
     if save_logits is not None:
         cmd += ["--kl-divergence-base", str(save_logits)]
     if kld_base is not None:
         cmd += ["--kl-divergence-base", str(kld_base), "--kl-divergence"]
-    proc = run(cmd, check=False)
+    proc = run(cmd, check=False, env=env)
     # llama-perplexity may exit 0 after refusing a short text, so look for its message either way
     short = _TOO_SHORT.search(proc.stdout)
     if short:

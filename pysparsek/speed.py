@@ -123,7 +123,7 @@ def batches(configs: list[Config]) -> list[Batch]:
 
 def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int, n_prompt: int, n_gen: int,
                 depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
-                progress: Callable[[str], None] | None = None) -> list[Measurement]:
+                progress: Callable[[str], None] | None = None, extra: tuple[str, ...] = ()) -> list[Measurement]:
     """`rounds` passes over all configs; within a pass dense and every K run in turn.
 
     Dense and the Ks of one mode share one llama-bench process per pass, so the KV cache at each depth is filled
@@ -138,7 +138,7 @@ def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int
                 progress(f"round {r + 1}/{rounds}: K={','.join(map(str, b.top_ks))} {b.mode}")
             for rec in bench_once(build, model, b.top_ks, b.mode, b.window, n_prompt=n_prompt, n_gen=n_gen,
                                   depths=depths, reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl,
-                                  score_types=b.score_types, max_ubatch=b.max_ubatch):
+                                  score_types=b.score_types, max_ubatch=b.max_ubatch, extra=extra):
                 config = record_config(rec)
                 if config not in wanted:
                     if len(b.score_types) > 1 and int(rec["sparsek_topk"]) in b.top_ks:

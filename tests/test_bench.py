@@ -33,11 +33,30 @@ def test_defaults_follow_llama_cpp_names() -> None:
     (["--mode", "diagonal"], "--mode"),
     (["--depths", "0,-1"], "--depths"),
     (["-c", "0"], "--ctx-size"),
+    (["--rpc", "localhost"], "--rpc"),
+    (["--rpc", "host:0"], "--rpc"),
 ])
 def test_bad_arguments_exit_2_with_the_option_named(argv: list[str], needle: str) -> None:
     proc = _run("bench", *argv)
     assert proc.returncode == 2
     assert needle in proc.stderr
+
+
+def test_rpc_puts_the_patched_layers_on_the_servers() -> None:
+    args = cli.build_parser().parse_args(["bench", "m.gguf", "--rpc", "10.0.0.2:50052, 10.0.0.3:50052"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert o.rpc == "10.0.0.2:50052,10.0.0.3:50052"
+    assert bench.remote_args(o) == (99, ("--rpc", "10.0.0.2:50052,10.0.0.3:50052"))
+    o.ngl = 20
+    assert bench.remote_args(o)[0] == 20
+    o.rpc = ""
+    assert bench.remote_args(o) == (20, ())
+
+
+def test_rpc_with_the_decode_regime_is_one_clear_line() -> None:
+    proc = _run("bench", "--rpc", "127.0.0.1:1", "--regime", "decode")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pysparsek: error: --rpc applies to the prompt regime"), proc.stderr
 
 
 def test_missing_text_is_one_clear_line(tmp_path: Path) -> None:
