@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pysparsek import patches, paths, source
 from pysparsek.buildlog import run_logged
+from pysparsek.errors import UserError
 from pysparsek.proc import run
 
 # Only what the project uses; the full tree has ~100 targets and takes far longer on 2 cores.
@@ -31,7 +32,7 @@ def binaries(flavor: str) -> list[str]:
 BACKENDS = ("cpu", "cuda")
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """A build cannot be configured or compiled."""
 
 

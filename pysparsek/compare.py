@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import filecmp
 import tempfile
 from dataclasses import dataclass
@@ -60,20 +59,20 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
         off_file = Path(tmp) / "patched-off.kld"
         stock = perplexity.measure(stock_build, model, text, settings.without_sparsek(), save_logits=base_file)
         steps.update()
-        disabled = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=0),
+        disabled = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=0),
                                       save_logits=off_file)
         steps.update()
         identical = (stock.chunks == disabled.chunks and stock.final == disabled.final
                      and filecmp.cmp(base_file, off_file, shallow=False))
         sparse = []
         for k in topks:
-            res = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=k),
+            res = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=k),
                                      kld_base=base_file)
             sparse.append(SparseRow(k, res))
             steps.update()
         for k in exact_topks:
             k_file = Path(tmp) / f"k{k}.kld"
-            res = perplexity.measure(patched_build, model, text, dataclasses.replace(settings, topk=k),
+            res = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=k),
                                      save_logits=k_file)
             same = res.chunks == stock.chunks and res.final == stock.final and filecmp.cmp(base_file, k_file,
                                                                                            shallow=False)

@@ -7,17 +7,18 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pysparsek import build as builds
 from pysparsek import meta
+from pysparsek.errors import UserError
 from pysparsek.proc import ToolError, run
+from pysparsek.settings import SparsekSettings
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 CONVERT_REQUIREMENTS = ("torch", "transformers", "sentencepiece", "google.protobuf")
 
 
-class ConvertError(RuntimeError):
+class ConvertError(UserError, RuntimeError):
     """The checkpoint cannot be found, fetched or converted."""
 
 
@@ -47,11 +48,9 @@ def resolve_checkpoint(src: str) -> Path:
 
 
 def convert(src: str, out: Path, outtype: str = "f16", quant: str | None = None,
-            sparsek: dict[str, Any] | None = None, backend: str = "cpu") -> Path:
+            sparsek: SparsekSettings | None = None, backend: str = "cpu") -> Path:
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown --outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
-    if sparsek:
-        meta.validate(sparsek)
     missing = _missing_requirements()
     if missing:
         raise ConvertError(f"convert_hf_to_gguf.py needs {', '.join(missing)}: "
@@ -73,7 +72,7 @@ def convert(src: str, out: Path, outtype: str = "f16", quant: str | None = None,
             except ToolError as exc:
                 raise ConvertError(f"llama-quantize {quant} failed: {exc}") from exc
             f = q
-        if sparsek:
+        if sparsek and sparsek.given():
             meta.write(f, out, sparsek)
         else:
             shutil.move(str(f), out)

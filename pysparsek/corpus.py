@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pysparsek import paths
+from pysparsek.errors import UserError
 
 DEB_PACKAGE = "jargon-text"
 DEB_VERSION = "4.4.7-4.1"
@@ -23,7 +24,7 @@ TEXT_SHA256 = "40dfb4b98191a670a09a183d5798d50f243d23fdbd1495dcc0aca2ce5895ba97"
 LICENSE = "The Jargon File is in the public domain (see /usr/share/doc/jargon-text/copyright)."
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """The default text cannot be obtained or is not the pinned one."""
 
 

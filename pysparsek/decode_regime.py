@@ -11,38 +11,33 @@ dense is the patched library with Sparse-K off, which is bit-identical to stock 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pysparsek import llm
+from pysparsek.errors import UserError
+from pysparsek.settings import SparsekSettings
 
 
-class DecodeRegimeError(RuntimeError):
+class DecodeRegimeError(UserError, RuntimeError):
     """The text is too short or a setting cannot be applied."""
 
 
 @dataclass(frozen=True)
 class Setting:
-    top_k: int = 0            # 0 = dense
-    mode: str = "head"
-    window: int = 0
-    stride: int = 0
-    sinks: int = 0
-    score_type: str = "none"
+    """A Sparse-K setting (every field resolved; top_k 0 = dense) in a KV cache of one type."""
+    sparsek: SparsekSettings = field(default_factory=SparsekSettings.off)
     cache_type: str = "f16"   # the KV cache's K and V type (f16, q8_0, q4_0): the alternative users pick
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsek", self.sparsek.resolved())
 
     @property
     def label(self) -> str:
-        cache = "" if self.cache_type == "f16" else f", cache {self.cache_type}"
-        if self.top_k == 0:
-            return "dense" + cache
-        extra = "".join(f" {name}={v}" for name, v in (("w", self.window), ("s", self.stride), ("sinks", self.sinks))
-                        if v)
-        score = "" if self.score_type == "none" else f" {self.score_type}"
-        return f"K={self.top_k} {self.mode}{score}{extra}{cache}"
+        return self.sparsek.label + ("" if self.cache_type == "f16" else f", cache {self.cache_type}")
 
 
 @dataclass
@@ -74,14 +69,11 @@ def decode_logits(m: Any, chunk: list[int], prompt: int, setting: Setting) -> np
     """Logits [decode, n_vocab] of each decoded token of one chunk under `setting` (the prompt is dense)."""
     import llama_cpp
 
-    llm.set_sparsek(m, llm.Sparsek(top_k=0, window=setting.window, stride=setting.stride, sinks=setting.sinks,
-                                   mode=setting.mode))
-    # the score copy is written while the prompt is evaluated, as it would be in use
-    llm.set_score_type(m, setting.score_type)
+    # dense prompt; the score copy is written while the prompt is evaluated, as it would be in use
+    llm.set_sparsek(m, setting.sparsek.replace(top_k=0))
     m.reset()
     m.eval(chunk[:prompt])
-    llm.set_sparsek(m, llm.Sparsek(top_k=setting.top_k, window=setting.window, stride=setting.stride,
-                                   sinks=setting.sinks, mode=setting.mode))
+    llm.set_sparsek(m, setting.sparsek)
     n_vocab = m.n_vocab()
     out = np.empty((len(chunk) - 1 - prompt, n_vocab), dtype=np.float32)
     for i, tok in enumerate(chunk[prompt:-1]):

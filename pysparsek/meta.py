@@ -13,13 +13,11 @@ from typing import Any
 import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
-INT_KEYS = ("top_k", "window", "stride", "sinks", "max_ubatch")
-STRING_KEYS = ("mode", "score_type")
-MODES = ("head", "group", "token")
-SCORE_TYPES = ("f16", "q8_0", "q4_0")  # "none" is the absence of the key
+from pysparsek.errors import UserError
+from pysparsek.settings import BY_NAME, FIELDS, SettingsError, SparsekSettings, gguf_key
 
 
-class MetaError(RuntimeError):
+class MetaError(UserError, RuntimeError):
     """Bad metadata values or an unusable GGUF file."""
 
 
@@ -30,10 +28,6 @@ def _arch(reader: gguf.GGUFReader) -> str:
     return str(field.contents())
 
 
-def key(arch: str, name: str) -> str:
-    return f"{arch}.attention.sparsek.{name}"
-
-
 def _reader(path: Path) -> gguf.GGUFReader:
     try:
         return gguf.GGUFReader(path)
@@ -41,49 +35,33 @@ def _reader(path: Path) -> gguf.GGUFReader:
         raise MetaError(f"cannot read {path} as GGUF: {exc}") from exc
 
 
-def read(path: Path) -> dict[str, Any]:
-    """The Sparse-K keys present in the file (short names: top_k, window, stride, sinks, max_ubatch, mode,
-    score_type)."""
+def read(path: Path) -> SparsekSettings:
+    """The Sparse-K settings stored in the file (the keys it lacks are unset)."""
     reader = _reader(path)
     arch = _arch(reader)
     found: dict[str, Any] = {}
-    for name in (*INT_KEYS, *STRING_KEYS):
-        field = reader.get_field(key(arch, name))
+    for f in FIELDS:
+        field = reader.get_field(gguf_key(arch, f.name))
         if field is not None:
-            found[name] = field.contents()
-    return found
+            found[f.name] = field.contents()
+    try:
+        return SparsekSettings.from_mapping(found)
+    except SettingsError as exc:
+        raise MetaError(f"{path}: {exc}") from exc
 
 
-def validate(values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        if name in INT_KEYS:
-            if not isinstance(value, int) or value < 0:
-                raise MetaError(f"{name} must be an integer >= 0, got {value!r}")
-        elif name == "mode":
-            if value not in MODES:
-                raise MetaError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
-        elif name == "score_type":
-            if value not in SCORE_TYPES:
-                raise MetaError(f"score_type must be one of {', '.join(SCORE_TYPES)}, got {value!r}")
-        else:
-            raise MetaError(f"unknown Sparse-K key {name!r}")
-
-
-def write(src: Path, dst: Path, values: dict[str, Any] | None = None, clear: bool = False) -> Path:
-    """Copy src to dst, setting `values` (and removing every Sparse-K key first when clear is set)."""
-    values = dict(values or {})
-    validate(values)
+def write(src: Path, dst: Path, values: SparsekSettings | None = None, clear: bool = False) -> Path:
+    """Copy src to dst, storing the fields of `values` that are set (and removing every other Sparse-K key first
+    when clear is set)."""
+    given = (values or SparsekSettings()).gguf_values()
     if src.resolve() == dst.resolve():
         raise MetaError("the output must be a new file; the input model is never modified in place")
     reader = _reader(src)
     arch = _arch(reader)
-    new = {}
-    for name, value in values.items():
-        if name in STRING_KEYS:
-            new[key(arch, name)] = MetadataDetails(gguf.GGUFValueType.STRING, value)
-        else:
-            new[key(arch, name)] = MetadataDetails(gguf.GGUFValueType.UINT32, int(value))
-    remove = [key(arch, n) for n in (*INT_KEYS, *STRING_KEYS) if clear and key(arch, n) not in new]
+    new = {gguf_key(arch, name): MetadataDetails(gguf.GGUFValueType.UINT32 if BY_NAME[name].is_int
+                                                 else gguf.GGUFValueType.STRING, value)
+           for name, value in given.items()}
+    remove = [gguf_key(arch, f.name) for f in FIELDS if clear and gguf_key(arch, f.name) not in new]
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
         writer = gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess)

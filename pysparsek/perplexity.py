@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pysparsek.build import Build
+from pysparsek.errors import UserError
 from pysparsek.proc import run, tail
+from pysparsek.settings import SparsekSettings
 
 _CHUNK = re.compile(r"\[(\d+)\](-?[0-9.]+|nan|inf),")
 _FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+|nan|inf) \+/- ([0-9.]+|nan|inf)")
@@ -19,7 +21,7 @@ _TOO_SHORT = re.compile(r"you need at least (\d+) tokens to evaluate perplexity 
 _PPL_Q = re.compile(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)\s+±\s+([0-9.]+)")
 
 
-class PerplexityError(RuntimeError):
+class PerplexityError(UserError, RuntimeError):
     """llama-perplexity failed or printed nothing parseable."""
 
 
@@ -40,35 +42,23 @@ class PerplexityResult:
 
 @dataclass(frozen=True)
 class Settings:
+    """One llama-perplexity run; `sparsek` fields left unset keep the model's metadata."""
     ctx: int = 512
     chunks: int = 4
     batch: int = 2048
     ubatch: int = 512
     threads: int | None = None
     flash_attn: str = "off"        # on | off | auto
-    topk: int | None = None        # None: leave the model's metadata alone
-    window: int | None = None
-    stride: int | None = None
-    sinks: int | None = None
-    mode: str | None = None
-    score_type: str | None = None  # none | f16 | q8_0 | q4_0
-    max_ubatch: int | None = None
+    sparsek: SparsekSettings = field(default_factory=SparsekSettings)
     extra: tuple[str, ...] = ()
 
     def without_sparsek(self) -> Settings:
         """The same run for a build that has no Sparse-K flags (stock)."""
-        return dataclasses.replace(self, topk=None, window=None, stride=None, sinks=None, mode=None,
-                                   score_type=None, max_ubatch=None)
+        return dataclasses.replace(self, sparsek=SparsekSettings())
 
-    def sparsek_args(self) -> list[str]:
-        args: list[str] = []
-        for flag, value in (("--sparsek-topk", self.topk), ("--sparsek-window", self.window),
-                            ("--sparsek-stride", self.stride), ("--sparsek-sinks", self.sinks),
-                            ("--sparsek-mode", self.mode), ("--sparsek-score-type", self.score_type),
-                            ("--sparsek-max-ubatch", self.max_ubatch)):
-            if value is not None:
-                args += [flag, str(value)]
-        return args
+    def with_sparsek(self, **changes: object) -> Settings:
+        """The same run with these Sparse-K fields changed."""
+        return dataclasses.replace(self, sparsek=self.sparsek.replace(**changes))
 
 
 def command(build: Build, model: Path, text: Path, s: Settings) -> list[str]:
@@ -77,7 +67,7 @@ def command(build: Build, model: Path, text: Path, s: Settings) -> list[str]:
            "--no-warmup", "-ngl", "99" if build.backend == "cuda" else "0"]
     if s.threads:
         cmd += ["-t", str(s.threads)]
-    return cmd + s.sparsek_args() + list(s.extra)
+    return cmd + s.sparsek.flags() + list(s.extra)
 
 
 def parse(output: str) -> PerplexityResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -11,26 +10,28 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
+from pysparsek.results import BenchResult
 
-def quality(doc: dict[str, Any], path: Path) -> Path:
-    q = doc["quality"]
-    rows = sorted(q["sparse"], key=lambda s: s["top_k"])
-    ks = [s["top_k"] for s in rows]
+
+def quality(r: BenchResult, path: Path) -> Path:
+    q = r.quality
+    rows = sorted(q.sparse, key=lambda s: s.top_k)
+    ks = [s.top_k for s in rows]
     fig, (ax_ppl, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
 
-    ax_ppl.plot(ks, [s["delta_ppl_pct"] for s in rows], "o-", color="tab:blue", label="Sparse-K")
-    for k, r in zip(ks, rows, strict=True):
-        ax_ppl.annotate(f"{r['delta_ppl_pct']:+.2f} %", (k, r["delta_ppl_pct"]), textcoords="offset points",
+    ax_ppl.plot(ks, [s.delta_ppl_pct for s in rows], "o-", color="tab:blue", label="Sparse-K")
+    for k, row in zip(ks, rows, strict=True):
+        ax_ppl.annotate(f"{row.delta_ppl_pct:+.2f} %", (k, row.delta_ppl_pct), textcoords="offset points",
                         xytext=(4, 4), fontsize="small")
-    ax_ppl.axhline(0.0, color="gray", linestyle="--", label=f"dense (PPL {q['stock']['ppl']:.3f})")
+    ax_ppl.axhline(0.0, color="gray", linestyle="--", label=f"dense (PPL {q.stock.ppl:.3f})")
     ax_ppl.set_yscale("symlog", linthresh=1.0)  # a few % and tens of % both readable; 0 (K >= context) stays on it
     ax_ppl.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_ppl.set_ylabel("ΔPPL vs dense (%)")
     ax_ppl.set_title("perplexity")
 
     # KL is exactly 0 where K covers every row (identical to dense): a log axis cannot show it, so say so
-    positive = [(k, s["kl_mean"]) for k, s in zip(ks, rows, strict=True) if s["kl_mean"] > 0]
-    zero = [k for k, s in zip(ks, rows, strict=True) if s["kl_mean"] <= 0]
+    positive = [(k, s.kl_mean) for k, s in zip(ks, rows, strict=True) if s.kl_mean is not None and s.kl_mean > 0]
+    zero = [k for k, s in zip(ks, rows, strict=True) if s.kl_mean is not None and s.kl_mean <= 0]
     if positive:
         ax_kl.plot(*zip(*positive, strict=True), "s-", color="tab:red", label="Sparse-K")
         for k, v in positive:
@@ -47,36 +48,36 @@ def quality(doc: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("K (kept scores per query row)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="upper right", fontsize="small")
-    o = doc["options"]
-    fig.suptitle(f"{Path(doc['model']['path']).name}: ctx {o['ctx']}, {o['chunks']} chunks, mode {o['mode']}")
+    o = r.options
+    fig.suptitle(f"{Path(r.model['path']).name}: ctx {o.ctx}, {o.chunks} chunks, Sparse-K {o.sparsek.details()}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def speed(doc: dict[str, Any], path: Path) -> Path | None:
-    sp = doc["speed"]
-    if not sp["dense"]:
+def speed(r: BenchResult, path: Path) -> Path | None:
+    sp = r.speed
+    if not sp.dense:
         return None
-    tests = sorted({d["test"] for d in sp["dense"]})
-    ks = sorted({s["top_k"] for s in sp["sparse"]})
+    tests = sorted({d.test for d in sp.dense})
+    labels = list(dict.fromkeys(s.settings.label for s in sorted(sp.sparse, key=lambda s: s.top_k)))
     fig, axes = plt.subplots(2, len(tests), figsize=(5 * len(tests), 7), squeeze=False, sharex="col")
     for col, test in enumerate(tests):
         ax_ts, ax_ratio = axes[0][col], axes[1][col]
-        dense = sorted((d["depth"], d["tokens_per_s"]) for d in sp["dense"] if d["test"] == test)
+        dense = sorted((d.depth, d.tokens_per_s) for d in sp.dense if d.test == test)
         ax_ts.plot(*zip(*dense, strict=True), "o--", color="gray", label="dense")
         ax_ratio.axhline(1.0, color="gray", linestyle="--", label="dense")
-        for k in ks:
-            pts = sorted((s["depth"], s["tokens_per_s"], s["ratio"], s["ratio_min"], s["ratio_max"])
-                         for s in sp["sparse"] if s["test"] == test and s["top_k"] == k)
+        for label in labels:
+            pts = sorted((s.depth, s.tokens_per_s, s.ratio, s.ratio_min, s.ratio_max)
+                         for s in sp.sparse if s.test == test and s.settings.label == label)
             depths = [p[0] for p in pts]
-            ax_ts.plot(depths, [p[1] for p in pts], "o-", label=f"K={k}")
+            ax_ts.plot(depths, [p[1] for p in pts], "o-", label=label)
             ratio = [p[2] for p in pts]
             err = [[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]]
-            ax_ratio.errorbar(depths, ratio, yerr=err, fmt="o-", capsize=3, label=f"K={k}")
-            for d, r in zip(depths, ratio, strict=True):
-                ax_ratio.annotate(f"{r:.2f}×", (d, r), textcoords="offset points", xytext=(4, 4), fontsize="small")
+            ax_ratio.errorbar(depths, ratio, yerr=err, fmt="o-", capsize=3, label=label)
+            for d, v in zip(depths, ratio, strict=True):
+                ax_ratio.annotate(f"{v:.2f}×", (d, v), textcoords="offset points", xytext=(4, 4), fontsize="small")
         ax_ts.set_title(f"{test}: tokens/s")
         ax_ts.set_ylabel("tokens/s")
         ax_ratio.set_title(f"{test}: ratio to dense (median; bars: min-max)")
@@ -91,6 +92,6 @@ def speed(doc: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write(doc: dict[str, Any], out: Path) -> list[Path]:
-    made = [quality(doc, out / "ppl_kl_vs_k.png"), speed(doc, out / "tps_vs_depth.png")]
+def write(r: BenchResult, out: Path) -> list[Path]:
+    made = [quality(r, out / "ppl_kl_vs_k.png"), speed(r, out / "tps_vs_depth.png")]
     return [p for p in made if p is not None]

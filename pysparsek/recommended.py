@@ -8,15 +8,16 @@ protects models with attention-sink heads); `group` beat `head` at every K and s
 
 from __future__ import annotations
 
-from typing import Any
+from pysparsek.settings import SparsekSettings
 
-RECOMMENDED: dict[str, Any] = {"window": 64, "sinks": 4, "mode": "group"}
+RECOMMENDED = SparsekSettings(window=64, sinks=4, mode="group")
 
 
-def complete(given: dict[str, Any], present: dict[str, Any] | None = None) -> dict[str, Any]:
+def complete(given: SparsekSettings, present: SparsekSettings | None = None) -> SparsekSettings:
     """given plus the recommended window, sinks and mode, for a top_k > 0, where neither `given` nor the file's
     `present` settings name them. Anything given is kept exactly as given."""
-    if not given.get("top_k"):
-        return dict(given)
-    present = present or {}
-    return {**{k: v for k, v in RECOMMENDED.items() if k not in present}, **given}
+    if not given.top_k:
+        return given
+    already = (present or SparsekSettings()).given()
+    fill = {name: value for name, value in RECOMMENDED.given().items() if name not in already}
+    return SparsekSettings(**fill).replace(**given.given())

@@ -10,7 +10,6 @@ K >= context equals dense exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 
 from pysparsek import build as builds
 from pysparsek import compare, machine, passkey, patches, perplexity
+from pysparsek.errors import UserError
 from pysparsek.models import sha256_file
 from pysparsek.perplexity import Settings
 from pysparsek.pin import LLAMA_CPP_PIN
@@ -43,7 +43,7 @@ DEFAULT_TOL = {"ppl": {"rel": 0.005}, "kl": {"rel": 0.10, "abs": 0.002}, "top1":
                "passkey": {"abs": 0.34}}
 
 
-class RegressError(RuntimeError):
+class RegressError(UserError, RuntimeError):
     """Bad regress arguments."""
 
 
@@ -112,7 +112,7 @@ def measure_modes(model: Path, text: Path, threads: int | None) -> tuple[dict[st
         for mode in MODES:
             ppl_by_k = []
             for k in MODE_TOPKS:
-                res = perplexity.measure(patched, model, text, dataclasses.replace(settings, topk=k, mode=mode),
+                res = perplexity.measure(patched, model, text, settings.with_sparsek(top_k=k, mode=mode),
                                          kld_base=base_file)
                 values[f"ppl/{tag}/{mode}/k{k}"] = res.ppl
                 values[f"kl/{tag}/{mode}/k{k}"] = res.kld_mean or 0.0

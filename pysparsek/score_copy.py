@@ -7,6 +7,8 @@ from pathlib import Path
 import gguf
 
 from pysparsek import llm
+from pysparsek.results import ScoreCopy
+from pysparsek.settings import SparsekSettings
 
 
 def _bytes_per_value(name: str) -> float:
@@ -18,21 +20,15 @@ def _bytes_per_value(name: str) -> float:
 BYTES_PER_VALUE = {name: _bytes_per_value(name) for name in ("f16", "q8_0", "q4_0")}
 
 
-def measure(model: Path, n_ctx: int, score_type: str) -> dict[str, float | int | str]:
+def measure(model: Path, n_ctx: int, score_type: str) -> ScoreCopy:
     """Bytes of the score copy for a context of n_ctx cells, and the F16 K it mirrors (same cells and layers)."""
     if score_type not in BYTES_PER_VALUE:
         raise ValueError(f"unknown score type {score_type!r}; choose one of {', '.join(BYTES_PER_VALUE)}")
-    m = llm.load(model, n_ctx=n_ctx, n_batch=32, n_ubatch=32, n_threads=1, flash_attn=True)
+    m = llm.load(model, SparsekSettings(score_type=score_type), n_ctx=n_ctx, n_batch=32, n_ubatch=32, n_threads=1,
+                 flash_attn=True)
     try:
-        llm.set_score_type(m, score_type)
         size = llm.score_size(m)
     finally:
         m.close()
     k_f16 = round(size * 2.0 / BYTES_PER_VALUE[score_type])
-    return {"score_type": score_type, "n_ctx": n_ctx, "bytes": size, "k_f16_bytes": k_f16,
-            "fraction_of_k_f16": size / k_f16 if k_f16 else 0.0}
-
-
-def describe(s: dict[str, float | int | str]) -> str:
-    return (f"score copy of K ({s['score_type']}) at {s['n_ctx']} cells: {int(s['bytes']) / 2**20:.1f} MiB, "
-            f"{100 * float(s['fraction_of_k_f16']):.1f} % of an f16 K ({int(s['k_f16_bytes']) / 2**20:.1f} MiB)")
+    return ScoreCopy(score_type, n_ctx, size, k_f16, size / k_f16 if k_f16 else 0.0)

@@ -7,18 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pysparsek import build as builds
+from pysparsek.settings import SparsekSettings
 
 
 @dataclass
 class ServeOptions:
     model: Path
-    top_k: int | None = None       # None: the model's metadata
-    window: int | None = None
-    stride: int | None = None
-    sinks: int | None = None
-    mode: str | None = None
-    score_type: str | None = None
-    max_ubatch: int | None = None
+    sparsek: SparsekSettings = field(default_factory=SparsekSettings)  # unset fields: the model's metadata
     host: str = "127.0.0.1"
     port: int = 8080
     ctx: int | None = None
@@ -30,11 +25,8 @@ class ServeOptions:
 
 def command(server: Path, o: ServeOptions) -> list[str]:
     cmd = [str(server), "-m", str(o.model), "--host", o.host, "--port", str(o.port)]
-    flags = {"--sparsek-topk": o.top_k, "--sparsek-window": o.window, "--sparsek-stride": o.stride,
-             "--sparsek-sinks": o.sinks, "--sparsek-mode": o.mode, "--sparsek-score-type": o.score_type,
-             "--sparsek-max-ubatch": o.max_ubatch, "-c": o.ctx, "-t": o.threads, "-ngl": o.ngl,
-             "-fa": o.flash_attn}
-    for flag, value in flags.items():
+    cmd += o.sparsek.flags()
+    for flag, value in {"-c": o.ctx, "-t": o.threads, "-ngl": o.ngl, "-fa": o.flash_attn}.items():
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + o.extra

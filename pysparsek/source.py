@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pysparsek import paths
+from pysparsek.errors import UserError
 from pysparsek.pin import LLAMA_CPP_PIN, SDIST_NAME, SDIST_VERSION
 from pysparsek.proc import ToolError, run
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The pinned source is missing, unreachable, or not what the pin says."""
 
 

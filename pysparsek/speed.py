@@ -10,34 +10,28 @@ from pathlib import Path
 from typing import Any
 
 from pysparsek.build import Build
+from pysparsek.errors import UserError
 from pysparsek.proc import ToolError, run
+from pysparsek.settings import SparsekSettings, bench_flags
 
 
-class SpeedError(RuntimeError):
+class SpeedError(UserError, RuntimeError):
     """llama-bench failed or printed no JSON."""
 
 
-@dataclass(frozen=True)
-class Config:
-    """One Sparse-K setting; top_k 0 is dense."""
-    top_k: int = 0
-    mode: str = "head"
-    window: int = 0
-    score_type: str = "none"   # the K copy the selection scores from (none: K itself)
-    max_ubatch: int = 0        # Sparse-K only for ubatches of at most this many tokens (0: all)
+def canonical(s: SparsekSettings) -> SparsekSettings:
+    """A speed configuration: every field set; dense (top_k 0) keeps only its score type (a copy it writes but
+    never reads still costs), the rest cannot change what runs."""
+    r = s.resolved()
+    return r if r.top_k else SparsekSettings.off().replace(score_type=r.score_type)
 
-    @property
-    def label(self) -> str:
-        if self.top_k == 0:
-            return "dense"
-        return (f"K={self.top_k} {self.mode}" + (f" w={self.window}" if self.window else "")
-                + ("" if self.score_type == "none" else f" {self.score_type}")
-                + (f" ub<={self.max_ubatch}" if self.max_ubatch else ""))
+
+DENSE = SparsekSettings.off()
 
 
 @dataclass
 class Measurement:
-    config: Config
+    config: SparsekSettings  # canonical()
     test: str          # "pp512" or "tg32"
     depth: int
     samples_ts: list[float] = field(default_factory=list)  # one mean tokens/s per round
@@ -48,20 +42,13 @@ class Measurement:
         return statistics.median(self.samples_ts)
 
 
-def bench_once(build: Build, model: Path, top_ks: list[int], mode: str, window: int, *, n_prompt: int, n_gen: int,
+def bench_once(build: Build, model: Path, settings: list[SparsekSettings], *, n_prompt: int, n_gen: int,
                depths: list[int], reps: int, threads: int | None, flash_attn: bool, ngl: int,
-               score_types: tuple[str, ...] = ("none",), max_ubatch: int = 0,
                extra: tuple[str, ...] = ()) -> list[dict]:
-    """One llama-bench process over several K (0 = dense) and score types with one mode, window and policy."""
+    """One llama-bench process sweeping every value the settings take (llama-bench runs the cross product)."""
     cmd = [str(build.tool("llama-bench")), "-m", str(model), "-o", "json", "-r", str(reps),
            "-p", str(n_prompt), "-n", str(n_gen), "-d", ",".join(map(str, depths)),
-           "-fa", "1" if flash_attn else "0", "-ngl", str(ngl),
-           "-sk", ",".join(map(str, top_ks)), "-skm", mode, "-skw", str(window)]
-    if score_types != ("none",):
-        cmd += ["-skst", ",".join(score_types)]
-    if max_ubatch:
-        cmd += ["-skmu", str(max_ubatch)]
-    cmd += list(extra)
+           "-fa", "1" if flash_attn else "0", "-ngl", str(ngl), *bench_flags(settings), *extra]
     if threads:
         cmd += ["-t", str(threads)]
     try:
@@ -78,50 +65,58 @@ def test_name(record: dict[str, Any]) -> str:
     return f"pp{record['n_prompt']}" if record["n_prompt"] else f"tg{record['n_gen']}"
 
 
-def record_config(record: dict[str, Any]) -> Config:
-    score_type = str(record.get("sparsek_score_type", "none"))
-    if int(record["sparsek_topk"]) == 0:
-        # dense writing a score copy it never reads is not dense: keep it apart
-        return Config() if score_type == "none" else Config(0, score_type=score_type)
-    return Config(int(record["sparsek_topk"]), str(record["sparsek_mode"]), int(record["sparsek_window"]),
-                  score_type, int(record.get("sparsek_max_ubatch", 0)))
+def record_config(record: dict[str, Any]) -> SparsekSettings:
+    """The configuration a llama-bench record says ran."""
+    return canonical(SparsekSettings.from_bench_record(record))
+
+
+# llama-bench sweeps these within one process; a change of any other field starts another process
+SWEPT = ("top_k", "score_type")
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One llama-bench process: its K list (0 = dense) × score types, one mode, window and policy."""
-    mode: str
-    window: int
-    max_ubatch: int
-    top_ks: list[int]
+    """One llama-bench process: its K list (0 = dense) x score types, the other fields shared."""
+    shared: SparsekSettings   # the fields other than SWEPT
+    top_ks: tuple[int, ...]
     score_types: tuple[str, ...]
 
+    @property
+    def settings(self) -> list[SparsekSettings]:
+        return [self.shared.replace(top_k=k, score_type=t) for k in self.top_ks for t in self.score_types]
 
-def batches(configs: list[Config]) -> list[Batch]:
-    """Configs grouped into llama-bench runs: one per (mode, window, max_ubatch), dense (K=0) in the first.
+    @property
+    def label(self) -> str:
+        return f"K={','.join(map(str, self.top_ks))} {self.shared.details()}"
 
-    llama-bench sweeps K × score type, so a batch with several score types also runs combinations nobody asked
+
+def batches(configs: list[SparsekSettings]) -> list[Batch]:
+    """Configs grouped into llama-bench runs: one per combination of the fields that are not swept, dense (K=0)
+    in the first.
+
+    llama-bench sweeps K x score type, so a batch with several score types also runs combinations nobody asked
     for (dense with a score copy, for one); interleaved() drops those.
     """
-    groups: dict[tuple[str, int, int], tuple[list[int], list[str]]] = {}
+    groups: dict[SparsekSettings, tuple[list[int], list[str]]] = {}
+    configs = [canonical(c) for c in configs]
     for c in configs:
-        if c.top_k > 0:
-            ks, types = groups.setdefault((c.mode, c.window, c.max_ubatch), ([], []))
+        if c.top_k:
+            ks, types = groups.setdefault(c.replace(top_k=None, score_type=None), ([], []))
             if c.top_k not in ks:
                 ks.append(c.top_k)
             if c.score_type not in types:
                 types.append(c.score_type)
-    if Config() in configs:
+    if DENSE in configs:
         if not groups:
-            groups[("head", 0, 0)] = ([], ["none"])
+            groups[DENSE.replace(top_k=None, score_type=None)] = ([], ["none"])
         first = next(iter(groups))
         groups[first][0].insert(0, 0)
         if "none" not in groups[first][1]:
             groups[first][1].insert(0, "none")
-    return [Batch(mode, window, mu, ks, tuple(types)) for (mode, window, mu), (ks, types) in groups.items()]
+    return [Batch(shared, tuple(ks), tuple(types)) for shared, (ks, types) in groups.items()]
 
 
-def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int, n_prompt: int, n_gen: int,
+def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, rounds: int, n_prompt: int, n_gen: int,
                 depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
                 progress: Callable[[str], None] | None = None) -> list[Measurement]:
     """`rounds` passes over all configs; within a pass dense and every K run in turn.
@@ -130,15 +125,14 @@ def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int
     once (densely) and restored for the other runs (llama-bench's own depth cache): decode and prompt speed at a
     depth do not depend on how the cache was filled, and the fill dominates the run time at long depths.
     """
-    results: dict[tuple[Config, str, int], Measurement] = {}
-    wanted = set(configs)
+    results: dict[tuple[SparsekSettings, str, int], Measurement] = {}
+    wanted = {canonical(c) for c in configs}
     for r in range(rounds):
         for b in batches(configs):
             if progress:
-                progress(f"round {r + 1}/{rounds}: K={','.join(map(str, b.top_ks))} {b.mode}")
-            for rec in bench_once(build, model, b.top_ks, b.mode, b.window, n_prompt=n_prompt, n_gen=n_gen,
-                                  depths=depths, reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl,
-                                  score_types=b.score_types, max_ubatch=b.max_ubatch):
+                progress(f"round {r + 1}/{rounds}: {b.label}")
+            for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
+                                  reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl):
                 config = record_config(rec)
                 if config not in wanted:
                     if len(b.score_types) > 1 and int(rec["sparsek_topk"]) in b.top_ks:
@@ -153,7 +147,7 @@ def interleaved(build: Build, model: Path, configs: list[Config], *, rounds: int
 
 @dataclass
 class Ratio:
-    config: Config
+    config: SparsekSettings
     test: str
     depth: int
     ts: float
@@ -176,8 +170,8 @@ def ratios(measurements: list[Measurement]) -> list[Ratio]:
 
 
 def table(rows: list[Ratio]) -> str:
-    lines = [f"{'config':<18} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} {'spread':>15}"]
+    lines = [f"{'config':<28} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} {'spread':>15}"]
     for r in sorted(rows, key=lambda r: (r.test, r.depth, r.config.top_k, r.config.mode)):
-        lines.append(f"{r.config.label:<18} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
+        lines.append(f"{r.config.label:<28} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
                      f"{r.ratio:>7.3f} {r.spread[0]:>7.3f}-{r.spread[1]:<7.3f}")
     return "\n".join(lines)

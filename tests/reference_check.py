@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pysparsek import corpus, llm
+from pysparsek.settings import SparsekSettings
 
 import numpy_llama
 
@@ -28,9 +29,9 @@ def text_tokens(model: Path, n_tokens: int) -> list[int]:
     return toks[:n_tokens]
 
 
-def ggml_logits(model: Path, tokens: list[int], flash_attn: bool, **sparsek: object) -> np.ndarray:
-    m = llm.load(model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
-                 flash_attn=flash_attn, **sparsek)
+def ggml_logits(model: Path, tokens: list[int], flash_attn: bool, sparsek: SparsekSettings | None = None) -> np.ndarray:
+    m = llm.load(model, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
+                 flash_attn=flash_attn)
     m.eval(tokens)
     out = np.array(m.scores[: len(tokens)], copy=True)
     m.close()
@@ -45,7 +46,7 @@ class Verdict:
 
 
 def check(reference: Callable[..., np.ndarray], rule: dict, model: Path, tokens: list[int], dense: Dense,
-          settings: dict, min_agree: float, slack: float = 0.0) -> Verdict:
+          settings: SparsekSettings, min_agree: float, slack: float = 0.0) -> Verdict:
     """Does the build's output under `settings` match `reference(tokens, **rule)` within what noise explains?
 
     The bound scales with the rule's own sensitivity (the KL that 0.01 of noise on the scores the selection sees
@@ -55,7 +56,7 @@ def check(reference: Callable[..., np.ndarray], rule: dict, model: Path, tokens:
     wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window", "raw_max") and v}
     ref = reference(tokens, **rule)
     sensitivity = numpy_llama.kl(ref, reference(tokens, selection_noise=0.01, **rule))
-    ggml = ggml_logits(model, tokens, dense.flash_attn, **settings)
+    ggml = ggml_logits(model, tokens, dense.flash_attn, settings)
     kl_sparse = numpy_llama.kl(ref, ggml)
     kl_vs_dense = numpy_llama.kl(ref, dense.logits)
     agree = float(np.mean(ref.argmax(-1) == ggml.argmax(-1)))

@@ -9,6 +9,7 @@ import pytest
 
 from pysparsek import build as builds
 from pysparsek import corpus, llm
+from pysparsek.settings import SparsekSettings, to_c
 
 pytestmark = pytest.mark.build
 
@@ -24,16 +25,16 @@ def prompt_tokens(model: Path, patched_build: builds.Build) -> list[int]:
     return tokens
 
 
-def _logits(model: Path, tokens: list[int], **sparsek: object) -> np.ndarray:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2, logits_all=True, **sparsek)
+def _logits(model: Path, tokens: list[int], sparsek: SparsekSettings | None = None) -> np.ndarray:
+    m = llm.load(model, sparsek, n_ctx=N_CTX, n_threads=2, logits_all=True)
     m.eval(tokens)
     out = np.array(m.scores[: len(tokens)], copy=True)
     m.close()
     return out
 
 
-def _greedy(model: Path, tokens: list[int], n: int, **sparsek: object) -> list[int]:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2, **sparsek)
+def _greedy(model: Path, tokens: list[int], n: int, sparsek: SparsekSettings | None = None) -> list[int]:
+    m = llm.load(model, sparsek, n_ctx=N_CTX, n_threads=2)
     out = []
     for tok in m.generate(tokens, top_k=1, temp=0.0):
         out.append(tok)
@@ -51,31 +52,36 @@ def test_llama_cpp_runs_on_the_patched_library(patched_build: builds.Build, mode
 
 def test_settings_round_trip_and_validation(model: Path) -> None:
     m = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_sparsek(m) == llm.Sparsek()  # SmolLM2 has no Sparse-K metadata: off
-    want = llm.Sparsek(top_k=32, window=8, stride=64, sinks=4, mode="group")
+    assert llm.get_sparsek(m) == SparsekSettings.off()  # SmolLM2 has no Sparse-K metadata: off
+    want = SparsekSettings(top_k=32, window=8, stride=64, sinks=4, mode="group", score_type="q4_0", max_ubatch=1)
     llm.set_sparsek(m, want)
     assert llm.get_sparsek(m) == want
-    with pytest.raises(ValueError):
-        llm.set_sparsek(m, llm.Sparsek(top_k=-1))
-    with pytest.raises(ValueError):
-        llm.set_sparsek(m, llm.Sparsek(top_k=8, mode="diagonal"))
-    assert llm.get_sparsek(m) == want  # rejected settings leave the old ones
+    llm.set_sparsek(m, SparsekSettings(window=16))  # unset fields keep their values
+    assert llm.get_sparsek(m) == want.replace(window=16)
+    # the library's own check, past the Python one: llama_set_sparsek returns -1 and keeps the old settings
+    bad = to_c(want)
+    bad.top_k = -1
+    assert llm.api().llama_set_sparsek(m.ctx, bad) == -1
+    bad = to_c(want)
+    bad.mode = 7
+    assert llm.api().llama_set_sparsek(m.ctx, bad) == -1
+    assert llm.get_sparsek(m) == want.replace(window=16)  # rejected settings leave the old ones
     m.close()
 
 
 def test_topk_at_least_context_gives_identical_logits(model: Path, prompt_tokens: list[int]) -> None:
     dense = _logits(model, prompt_tokens)
-    full = _logits(model, prompt_tokens, topk=N_CTX, mode="token")
+    full = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=N_CTX, mode="token"))
     assert np.array_equal(dense, full)
 
 
 def test_small_topk_changes_logits_and_generation(model: Path, prompt_tokens: list[int]) -> None:
     dense = _logits(model, prompt_tokens)
-    sparse = _logits(model, prompt_tokens, topk=4)
+    sparse = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=4))
     # rows with <= 4 visible cells are unchanged; later ones must differ
     assert np.array_equal(dense[:4], sparse[:4])
     assert not np.allclose(dense[50:], sparse[50:])
-    assert _greedy(model, prompt_tokens, 24, topk=2) != _greedy(model, prompt_tokens, 24)
+    assert _greedy(model, prompt_tokens, 24, sparsek=SparsekSettings(top_k=2)) != _greedy(model, prompt_tokens, 24)
 
 
 def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_tokens: list[int]) -> None:
@@ -84,11 +90,11 @@ def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_t
     m.eval(prompt_tokens)
     dense = np.array(m.scores[: len(prompt_tokens)], copy=True)
     m.reset()
-    llm.set_sparsek(m, llm.Sparsek(top_k=4))
+    llm.set_sparsek(m, SparsekSettings(top_k=4))
     m.eval(prompt_tokens)
     sparse = np.array(m.scores[: len(prompt_tokens)], copy=True)
     m.reset()
-    llm.set_sparsek(m, llm.Sparsek(top_k=0))
+    llm.set_sparsek(m, SparsekSettings(top_k=0))
     m.eval(prompt_tokens)
     again = np.array(m.scores[: len(prompt_tokens)], copy=True)
     m.close()

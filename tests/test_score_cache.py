@@ -18,6 +18,7 @@ import pytest
 from pysparsek import corpus, llm, meta
 from pysparsek import decode_regime as dr
 from pysparsek.build import Build
+from pysparsek.settings import SparsekSettings
 
 import numpy_llama
 
@@ -34,9 +35,11 @@ def tokens(model: Path) -> list[int]:
     return toks[:400]
 
 
-def _load(model: Path, score_type: str, flash_attn: bool = True, **kw: Any) -> Any:
-    return llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
-                    flash_attn=flash_attn, topk=16, mode=kw.pop("mode", "group"), score_type=score_type, **kw)
+def _load(model: Path, score_type: str, flash_attn: bool = True, mode: str = "group", max_ubatch: int | None = None,
+          **kw: Any) -> Any:
+    sparsek = SparsekSettings(top_k=16, mode=mode, score_type=score_type, max_ubatch=max_ubatch)
+    return llm.load(model, sparsek, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
+                    flash_attn=flash_attn, **kw)
 
 
 def _eval_logits(m: Any, toks: list[int]) -> np.ndarray:
@@ -54,7 +57,7 @@ def test_f16_copy_selects_exactly_as_k(model: Path, tokens: list[int], flash_att
         prompt = _eval_logits(m, tokens[:300])                       # batch rows, all sparse (K = 16)
         decoded = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:316]])
         out[score_type] = (prompt, decoded)
-        assert llm.get_score_type(m) == score_type
+        assert llm.get_sparsek(m).score_type == score_type
         m.close()
     assert np.array_equal(out["none"][0], out["f16"][0])
     assert np.array_equal(out["none"][1], out["f16"][1])
@@ -136,31 +139,31 @@ def test_score_type_api(model: Path) -> None:
     import gguf
 
     m = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_score_type(m) == "none" and llm.score_size(m) == 0
-    llm.set_score_type(m, "q4_0")
+    assert llm.get_sparsek(m).score_type == "none" and llm.score_size(m) == 0
+    llm.set_sparsek(m, SparsekSettings(score_type="q4_0"))
     reader = gguf.GGUFReader(model)
     n_layer = int(reader.get_field("llama.block_count").contents())
     n_head_kv = int(reader.get_field("llama.attention.head_count_kv").contents())
     n_embd = int(reader.get_field("llama.embedding_length").contents())
     n_head = int(reader.get_field("llama.attention.head_count").contents())
     n_embd_k_gqa = n_embd // n_head * n_head_kv
-    # q4_0: 18 bytes per 32 values, one row per cell and layer
-    assert llm.score_size(m) == n_layer * N_CTX * n_embd_k_gqa // 32 * 18
-    llm.set_score_type(m, "none")
+    # one q4_0 row per cell and layer (gguf-py's block size and bytes per block)
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0]
+    assert llm.score_size(m) == n_layer * N_CTX * n_embd_k_gqa // block * type_size
+    llm.set_sparsek(m, SparsekSettings(score_type="none"))
     assert llm.score_size(m) == 0
-    with pytest.raises(ValueError, match="unknown Sparse-K score type"):
-        llm.set_score_type(m, "q2_k")
+    with pytest.raises(ValueError, match="unknown Sparse-K score_type"):
+        llm.set_sparsek(m, SparsekSettings(score_type="q2_k"))
     m.close()
 
 
 def test_metadata_score_type_and_policy(model: Path, tmp_path: Path) -> None:
-    out = meta.write(model, tmp_path / "m.gguf", {"top_k": 16, "score_type": "q4_0", "max_ubatch": 1})
-    assert meta.read(out) == {"top_k": 16, "max_ubatch": 1, "score_type": "q4_0"}
+    want = SparsekSettings(top_k=16, score_type="q4_0", max_ubatch=1)
+    out = meta.write(model, tmp_path / "m.gguf", want)
+    assert meta.read(out) == want
     m = llm.load(out, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_score_type(m) == "q4_0" and llm.get_max_ubatch(m) == 1 and llm.score_size(m) > 0
+    assert llm.model_sparsek(m) == llm.get_sparsek(m) == want.resolved() and llm.score_size(m) > 0
     m.close()
-    with pytest.raises(meta.MetaError, match="score_type must be one of"):
-        meta.write(model, tmp_path / "bad.gguf", {"score_type": "q3"})
 
 
 def test_decode_only_policy(model: Path, tokens: list[int]) -> None:
@@ -179,7 +182,7 @@ def test_decode_only_policy(model: Path, tokens: list[int]) -> None:
     by_hand = llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
                        flash_attn=True)
     _eval_logits(by_hand, tokens[:300])
-    llm.set_sparsek(by_hand, llm.Sparsek(top_k=16, mode="group"))
+    llm.set_sparsek(by_hand, SparsekSettings(top_k=16, mode="group"))
     assert np.array_equal(np.concatenate([_eval_logits(by_hand, [t]) for t in tokens[300:316]]), decoded)
     by_hand.close()
 
@@ -188,7 +191,8 @@ def test_decode_regime_of_a_dense_setting_is_plain_decoding(model: Path, tmp_pat
     """K >= every row's cells is dense: KL exactly 0; and dense equals an independent plain decoding loop."""
     text = tmp_path / "t.txt"
     text.write_text(corpus.default_text().read_text(encoding="utf-8")[:20000], encoding="utf-8")
-    res = dr.measure(model, text, [dr.Setting(4096, "group"), dr.Setting(16, "group")], prompt=128, decode=16,
+    res = dr.measure(model, text, [dr.Setting(SparsekSettings(top_k=4096, mode="group")),
+                                      dr.Setting(SparsekSettings(top_k=16, mode="group"))], prompt=128, decode=16,
                      chunks=2)
     dense, big_k, small_k = res
     assert big_k.kl_mean == 0.0 and big_k.top1_agreement_pct == 100.0 and big_k.ppl == dense.ppl
