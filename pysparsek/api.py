@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pysparsek import bench as _bench
-from pysparsek import build as _build
-from pysparsek import convert as _convert
-from pysparsek import corpus, models, report
-from pysparsek import meta as _meta
-from pysparsek.llm import get_sparsek, load, model_sparsek, set_sparsek
-from pysparsek.results import BenchOptions, BenchResult, Quality, QualityRow, Speed, SpeedRow
-from pysparsek.settings import SparsekSettings
+from pysparsek.data import convert as _convert
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as _build
+from pysparsek.measure import bench as _bench
+from pysparsek.measure.results import BenchOptions, BenchResult, Quality, QualityRow, Speed, SpeedRow
+from pysparsek.report import markdown
+from pysparsek.sparsek import meta as _meta
+from pysparsek.sparsek.llm import get_sparsek, load, model_sparsek, set_sparsek
+from pysparsek.sparsek.settings import SparsekSettings
 
 __all__ = [
     "BenchOptions",
@@ -54,7 +55,7 @@ def bench(model: str | Path | None = None, topk: list[int] | None = None, text: 
     result = _bench.run(BenchOptions(model=model_path, text=text_path, topks=topk or [64],
                                      sparsek=sparsek or SparsekSettings.off(), quiet=True, **options))
     if out:
-        report.write_report(result, Path(out))
+        markdown.write_report(result, Path(out))
     return result
 
 

@@ -48,8 +48,9 @@ def parse_config(text: str) -> tuple[str, int, str, str]:
 
 
 def child(args: argparse.Namespace) -> int:
-    from pysparsek import corpus, llm, models
-    from pysparsek.settings import SparsekSettings
+    from pysparsek.data import corpus, models
+    from pysparsek.sparsek import llm
+    from pysparsek.sparsek.settings import SparsekSettings
 
     configs = [parse_config(c) for c in args.configs.split(",")]
     n_ctx = args.depth + args.tokens * len(configs) + 64
@@ -99,7 +100,7 @@ def perf_shares(data: Path, show: int = 0) -> dict[str, float]:
 
 
 def parent(args: argparse.Namespace) -> int:
-    from pysparsek import machine
+    from pysparsek.measure import machine
 
     cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--tokens", str(args.tokens),
            "--batch", str(args.batch),

@@ -10,11 +10,12 @@ import argparse
 import os
 import sys
 
-from pysparsek import build as builds
-from pysparsek import compare, corpus, machine, models, speed
-from pysparsek.cli import depth_list, positive_int_list
-from pysparsek.perplexity import Settings
-from pysparsek.settings import SparsekSettings
+from pysparsek.cli.main import depth_list, positive_int_list
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import compare, machine, speed
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def main() -> int:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 
 def main() -> int:
-    from pysparsek import build, machine, models, speed
+    from pysparsek.data import models
+    from pysparsek.llamacpp import build
+    from pysparsek.measure import machine, speed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=8192)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    from pysparsek import corpus, machine, models
-    from pysparsek import decode_regime as dr
-    from pysparsek.settings import SparsekSettings
+    from pysparsek.data import corpus, models
+    from pysparsek.measure import decode_regime as dr
+    from pysparsek.measure import machine
+    from pysparsek.sparsek.settings import SparsekSettings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", type=int, default=1024)

@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from pysparsek import machine, models, passkey
-from pysparsek.cli import positive_int_list
-from pysparsek.recommended import RECOMMENDED
-from pysparsek.settings import SparsekSettings
+from pysparsek.cli.main import positive_int_list
+from pysparsek.data import models
+from pysparsek.measure import machine, passkey
+from pysparsek.sparsek.recommended import RECOMMENDED
+from pysparsek.sparsek.settings import SparsekSettings
 
 DEPTHS = [0.1, 0.5, 0.9]
 

@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pysparsek import build as builds
-from pysparsek import corpus, machine, models, perplexity
-from pysparsek.perplexity import Settings
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import machine, perplexity
+from pysparsek.measure.perplexity import Settings
 
 TOPKS = [64, 128, 256, 512]
 WINDOWS = [0, 16, 64]

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import loaders
 import numpy as np
 
-from pysparsek import corpus, llm
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_llama
 
@@ -23,19 +23,13 @@ class Dense:
 
 
 def text_tokens(model: Path, n_tokens: int) -> list[int]:
-    m = llm.load(model, n_ctx=512, n_threads=2)
-    toks = m.tokenize(corpus.default_text().read_text(encoding="utf-8")[:4000].encode(), add_bos=False)
-    m.close()
-    return toks[:n_tokens]
+    return loaders.text_tokens(model, n_tokens, n_chars=4000)
 
 
-def ggml_logits(model: Path, tokens: list[int], flash_attn: bool, sparsek: SparsekSettings | None = None) -> np.ndarray:
-    m = llm.load(model, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
-                 flash_attn=flash_attn)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    m.close()
-    return out
+def ggml_logits(model: Path, tokens: list[int], flash_attn: bool,
+                sparsek: SparsekSettings | None = None) -> np.ndarray:
+    return loaders.logits(model, tokens, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2,
+                          flash_attn=flash_attn)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import bench, results
-from pysparsek.settings import SparsekSettings
+from pysparsek.measure import bench, results
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_bui
 
 @pytest.mark.build
 def test_cuda_without_a_gpu_is_one_clear_line() -> None:
-    from pysparsek import machine
+    from pysparsek.measure import machine
 
     if machine.gpus():
         pytest.skip("this machine has an NVIDIA GPU")
@@ -109,7 +109,7 @@ def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_p
 
 def test_bench_quality_runs_get_the_same_setting() -> None:
     """The llama-perplexity command of bench's quality runs carries the setting its speed runs use."""
-    from pysparsek import perplexity
+    from pysparsek.measure import perplexity
 
     o = results.BenchOptions(Path("m.gguf"), Path("t.txt"), [16], SparsekSettings(stride=16, sinks=4))
 
@@ -127,7 +127,7 @@ def test_bench_quality_runs_get_the_same_setting() -> None:
 
 
 def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
-    from pysparsek.speed import DENSE, Batch, batches
+    from pysparsek.measure.speed import DENSE, Batch, batches
 
     head = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None)
     group, token = head.replace(mode="group"), head.replace(mode="token")
@@ -144,7 +144,7 @@ def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
 
 
 def test_llama_bench_records_map_back_to_settings() -> None:
-    from pysparsek.speed import DENSE, record_config
+    from pysparsek.measure.speed import DENSE, record_config
 
     rec = {"sparsek_topk": 64, "sparsek_mode": "group", "sparsek_window": 0, "sparsek_stride": 16,
            "sparsek_sinks": 4, "sparsek_score_type": "q4_0", "sparsek_max_ubatch": 1}
@@ -157,7 +157,7 @@ def test_llama_bench_records_map_back_to_settings() -> None:
 
 def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is left to the model's metadata: the command names each field's value."""
-    from pysparsek import speed
+    from pysparsek.measure import speed
 
     seen: list[list[str]] = []
 
@@ -183,7 +183,7 @@ def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest
 
 
 def test_results_round_trip_through_json(tmp_path: Path) -> None:
-    from pysparsek.results import (
+    from pysparsek.measure.results import (
         BenchOptions,
         BenchResult,
         DenseSpeed,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import cli
-from pysparsek.settings import SparsekSettings
+from pysparsek.cli import main as cli
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -118,7 +118,7 @@ def test_serve_rejects_bad_settings_before_starting() -> None:
 
 
 def test_serve_passes_the_settings_as_llama_cpp_flags() -> None:
-    from pysparsek import serve
+    from pysparsek.cli import serve
 
     o = serve.ServeOptions(Path("m.gguf"), SparsekSettings(top_k=64, mode="group", sinks=4), ctx=1024)
     cmd = serve.command(Path("llama-server"), o)

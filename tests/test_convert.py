@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import convert, corpus, llm, meta
-from pysparsek.settings import SparsekSettings
+from pysparsek.data import convert, corpus
+from pysparsek.sparsek import llm, meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -59,12 +61,8 @@ def _hf_logits(ckpt: Path, tokens: list[int]) -> np.ndarray:
 
 
 def _gguf_logits(path: Path, tokens: list[int]) -> tuple[np.ndarray, SparsekSettings]:
-    m = llm.load(path, n_ctx=256, n_threads=2, logits_all=True)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    settings = llm.get_sparsek(m)
-    m.close()
-    return out, settings
+    with loaders.opened(path, n_ctx=256, n_threads=2, logits_all=True) as m:
+        return loaders.eval_logits(m, tokens), llm.get_sparsek(m)
 
 
 def test_converted_model_matches_transformers(checkpoint: Path, tokens: list[int], tmp_path: Path) -> None:

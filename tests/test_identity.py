@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import perplexity
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
-from pysparsek.settings import SparsekSettings
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import meta, models
-from pysparsek.settings import SparsekSettings
+from pysparsek.data import models
+from pysparsek.sparsek import meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +79,7 @@ def test_bad_values_in_a_file_are_a_meta_error(model: Path, tmp_path: Path) -> N
 
 
 def test_a_bare_topk_also_stores_the_recommended_settings(model: Path, tmp_path: Path) -> None:
-    from pysparsek.recommended import RECOMMENDED
+    from pysparsek.sparsek.recommended import RECOMMENDED
 
     out = tmp_path / "rec.gguf"
     proc = _run("set", str(model), "-o", str(out), "--topk", "128")

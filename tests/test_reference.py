@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_llama
 import reference_check

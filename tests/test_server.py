@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pysparsek import build as builds
-from pysparsek import passkey
-from pysparsek.settings import SparsekSettings
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import passkey
+from pysparsek.sparsek.settings import SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 

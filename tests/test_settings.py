@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pysparsek import llm, meta, perplexity
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
-from pysparsek.settings import SettingsError, SparsekSettings
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek import llm, meta
+from pysparsek.sparsek.settings import SettingsError, SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
@@ -49,13 +52,12 @@ def test_cli_flags_override_metadata(patched_build: Build, model: Path, meta_mod
         _ppl(patched_build, model, short_text, SparsekSettings(top_k=32, window=4, mode="group"))
 
 
-def test_runtime_api_overrides_metadata(patched_build: Build, meta_model: Path) -> None:
-    m = llm.load(meta_model, n_ctx=256, n_threads=2)
+def test_runtime_api_overrides_metadata(patched_build: Build, meta_model: Path, open_llm: Callable[..., Any]) -> None:
+    m = open_llm(meta_model, n_ctx=256, n_threads=2)
     assert llm.model_sparsek(m) == SparsekSettings(top_k=16, window=4, mode="group").resolved()
     assert llm.get_sparsek(m) == SparsekSettings(top_k=16, window=4, mode="group").resolved()
     llm.set_sparsek(m, SparsekSettings(top_k=0))
     assert llm.get_sparsek(m).top_k == 0
-    m.close()
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from pysparsek import settings
-from pysparsek.settings import FIELDS, SettingsError, SparsekSettings
+from pysparsek.sparsek import settings
+from pysparsek.sparsek.settings import FIELDS, SettingsError, SparsekSettings
 
 
 @pytest.mark.parametrize(("values", "message"), [

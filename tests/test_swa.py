@@ -9,15 +9,18 @@ layer's own mask (sliding window for even layers).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import perplexity
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
-from pysparsek.settings import SparsekSettings
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_gemma2
 import numpy_llama
@@ -118,20 +121,18 @@ def test_the_swa_check_rejects_wrong_rules(weights: numpy_gemma2.Gemma2Weights, 
     assert not ok, report
 
 
-def test_score_copy_on_the_iswa_cache(swa_model: Path, tokens: list[int]) -> None:
+def test_score_copy_on_the_iswa_cache(swa_model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """Both caches of an iSWA model keep a copy: f16 selects exactly as K (flash attention, where the op applies
     the soft-cap in both cases); q4_0 runs and stays close."""
-    from pysparsek import llm
+    from pysparsek.sparsek import llm
 
     out = {}
     for score_type in ("none", "f16", "q4_0"):
         sparsek = SparsekSettings(top_k=16, mode="group", window=4, sinks=2, score_type=score_type)
-        m = llm.load(swa_model, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
+        m = open_llm(swa_model, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
                      flash_attn=True)
         assert llm.score_size(m) > 0 or score_type == "none"
-        m.eval(tokens)
-        out[score_type] = np.array(m.scores[: len(tokens)], copy=True)
-        m.close()
+        out[score_type] = loaders.eval_logits(m, tokens)
     assert np.array_equal(out["none"], out["f16"])
     assert not np.array_equal(out["none"], out["q4_0"])
     assert numpy_llama.kl(out["none"], out["q4_0"]) < 0.05

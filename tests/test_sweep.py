@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import api, catalog, models
-from pysparsek.models import ModelError
+from pysparsek import api
+from pysparsek.data import catalog, models
+from pysparsek.data.models import ModelError
 
 
 def test_models_txt_parses() -> None:

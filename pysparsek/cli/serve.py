@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pysparsek import build as builds
-from pysparsek.settings import SparsekSettings
+from pysparsek.llamacpp import build as builds
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 @dataclass

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-from pysparsek.results import BenchResult
+from pysparsek.measure.results import BenchResult
 
 
 def quality(r: BenchResult, path: Path) -> Path:

@@ -10,9 +10,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pysparsek import patches, paths, source
-from pysparsek.buildlog import run_logged
+from pysparsek import paths
 from pysparsek.errors import UserError
+from pysparsek.llamacpp import patches, source
+from pysparsek.llamacpp.buildlog import run_logged
 from pysparsek.proc import run
 
 # Only what the project uses; the full tree has ~100 targets and takes far longer on 2 cores.
@@ -20,7 +21,7 @@ BINARIES = ["llama-perplexity", "llama-bench", "llama-completion", "llama-quanti
 # The patch series adds this reference test of the Sparse-K mask op; the server is what people run with Sparse-K.
 PATCHED_ONLY = ["test-sparsek-mask", "llama-server"]
 # Appends -mno-amx-* to ggml-cpu after its -march=native (see the file for why).
-NO_AMX_CMAKE = Path(__file__).resolve().parent / "cmake" / "ggml_no_amx.cmake"
+NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "cmake" / "ggml_no_amx.cmake"
 
 
 def targets(flavor: str) -> list[str]:

@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 
-from pysparsek import amx
+from pysparsek.llamacpp import amx
 
 
 def cpu_model() -> str:

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pysparsek.build import Build
 from pysparsek.errors import UserError
+from pysparsek.llamacpp.build import Build
 from pysparsek.proc import run, tail
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek.settings import SparsekSettings
 
 _CHUNK = re.compile(r"\[(\d+)\](-?[0-9.]+|nan|inf),")
 _FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+|nan|inf) \+/- ([0-9.]+|nan|inf)")

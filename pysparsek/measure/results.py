@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pysparsek.settings import FIELDS, SparsekSettings
+from pysparsek.sparsek.settings import FIELDS, SparsekSettings
 
 SCHEMA = "pysparsek.bench/1"
 

@@ -11,8 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pysparsek import paths, source
+from pysparsek import paths
 from pysparsek.errors import UserError
+from pysparsek.llamacpp import source
 from pysparsek.proc import run
 
 PIN_TAG = "pin"

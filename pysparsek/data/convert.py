@@ -8,11 +8,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pysparsek import build as builds
-from pysparsek import meta
 from pysparsek.errors import UserError
+from pysparsek.llamacpp import build as builds
 from pysparsek.proc import ToolError, run
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek import meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 CONVERT_REQUIREMENTS = ("torch", "transformers", "sentencepiece", "google.protobuf")

@@ -12,12 +12,23 @@ import datetime
 
 from tqdm import tqdm
 
-from pysparsek import __version__, compare, machine, patches, speed
-from pysparsek import build as builds
-from pysparsek.models import sha256_file
-from pysparsek.perplexity import Settings
-from pysparsek.pin import LLAMA_CPP_PIN
-from pysparsek.results import BenchOptions, BenchResult, DenseSpeed, Perplexity, Quality, QualityRow, Speed, SpeedRow
+from pysparsek import __version__
+from pysparsek.data.models import sha256_file
+from pysparsek.llamacpp import build as builds
+from pysparsek.llamacpp import patches
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN
+from pysparsek.measure import compare, machine, speed
+from pysparsek.measure.perplexity import Settings
+from pysparsek.measure.results import (
+    BenchOptions,
+    BenchResult,
+    DenseSpeed,
+    Perplexity,
+    Quality,
+    QualityRow,
+    Speed,
+    SpeedRow,
+)
 
 
 def _settings(o: BenchOptions) -> Settings:
@@ -39,7 +50,7 @@ def quality_of(c: compare.Comparison) -> Quality:
 def decode_quality(o: BenchOptions) -> Quality:
     """Decode-regime quality in the shape of the prompt regime's (dense is the patched library with Sparse-K off,
     in the same process, so stock and patched_off are one run)."""
-    from pysparsek import decode_regime
+    from pysparsek.measure import decode_regime
 
     settings = [decode_regime.Setting(o.at(k)) for k in o.topks]
     bar = tqdm(total=o.chunks * (len(settings) + 1), desc="decode regime", unit="run", disable=o.quiet)
@@ -107,7 +118,7 @@ def run(o: BenchOptions) -> BenchResult:
 
     copy = None
     if o.sparsek.score_type != "none" and o.backend == "cpu":
-        from pysparsek import score_copy
+        from pysparsek.measure import score_copy
 
         # the largest context llama-bench creates here
         copy = score_copy.measure(o.model, max(o.depths) + o.n_prompt + o.n_gen, str(o.sparsek.score_type))

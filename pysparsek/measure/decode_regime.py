@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pysparsek import llm
 from pysparsek.errors import UserError
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek import llm
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 class DecodeRegimeError(UserError, RuntimeError):

@@ -14,9 +14,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pysparsek import build as builds
 from pysparsek.errors import UserError
-from pysparsek.settings import C_FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
+from pysparsek.llamacpp import build as builds
+from pysparsek.sparsek.settings import C_FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
 
 
 class BindingError(UserError, RuntimeError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pysparsek import paths
-from pysparsek.models import ModelError
+from pysparsek.data.models import ModelError
 from pysparsek.proc import ToolError, run
 
 

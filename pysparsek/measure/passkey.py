@@ -8,8 +8,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pysparsek import llm
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek import llm
+from pysparsek.sparsek.settings import SparsekSettings
 
 PREFIX = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
           "I will quiz you about the important information there.")

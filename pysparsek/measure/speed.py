@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pysparsek.build import Build
 from pysparsek.errors import UserError
+from pysparsek.llamacpp.build import Build
 from pysparsek.proc import ToolError, run
-from pysparsek.settings import SparsekSettings, bench_flags
+from pysparsek.sparsek.settings import SparsekSettings, bench_flags
 
 
 class SpeedError(UserError, RuntimeError):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import gguf
 
-from pysparsek import llm
-from pysparsek.results import ScoreCopy
-from pysparsek.settings import SparsekSettings
+from pysparsek.measure.results import ScoreCopy
+from pysparsek.sparsek import llm
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _bytes_per_value(name: str) -> float:

@@ -1,12 +1,11 @@
-"""Text tables, the closing headline and report.md of a bench result (plots: `plots`)."""
+"""The text of a bench result: header, quality and speed tables, the closing headline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pysparsek import machine
-from pysparsek.results import BenchResult, ScoreCopy, SpeedRow
+from pysparsek.measure import machine
+from pysparsek.measure.results import BenchResult, ScoreCopy, SpeedRow
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -80,19 +79,3 @@ def header(r: BenchResult) -> str:
             f"machine: {machine.one_line(r.machine)}\n"
             f"llama.cpp {r.llama_cpp_pin[:12]} + patch series {r.patch_series_sha256[:12]}"
             + (f"\n{score_copy_text(r.score_copy)}" if r.score_copy else ""))
-
-
-def write_report(r: BenchResult, out: Path) -> list[Path]:
-    """results.json, report.md and the plots in out/."""
-    from pysparsek import plots
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.json", out / "report.md"]
-    (out / "results.json").write_text(json.dumps(r.to_json(), indent=2) + "\n")
-    written += plots.write(r, out)
-    md = ["# pysparsek bench", "", "```", header(r), "```", "", "## Quality", "", "```", quality_table(r), "```",
-          "", "## Speed (ratio = Sparse-K t/s / dense t/s, median of interleaved rounds; spread = min-max)", "",
-          "```", speed_table(r), "```", "", "```", headline(r), "```", ""]
-    md += [f"![{p.stem}]({p.name})" for p in written if p.suffix == ".png"]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    return written

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 
-from pysparsek import amx, machine, patches, paths, source
-from pysparsek import build as builds
-from pysparsek.pin import LLAMA_CPP_PIN
+from pysparsek import paths
+from pysparsek.llamacpp import amx, patches, source
+from pysparsek.llamacpp import build as builds
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN
+from pysparsek.measure import machine
 
 
 def report() -> list[tuple[str, str]]:

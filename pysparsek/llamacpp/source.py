@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pysparsek import paths
 from pysparsek.errors import UserError
-from pysparsek.pin import LLAMA_CPP_PIN, SDIST_NAME, SDIST_VERSION
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN, SDIST_NAME, SDIST_VERSION
 from pysparsek.proc import ToolError, run
 
 

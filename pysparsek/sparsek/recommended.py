@@ -8,7 +8,7 @@ protects models with attention-sink heads); `group` beat `head` at every K and s
 
 from __future__ import annotations
 
-from pysparsek.settings import SparsekSettings
+from pysparsek.sparsek.settings import SparsekSettings
 
 RECOMMENDED = SparsekSettings(window=64, sinks=4, mode="group")
 

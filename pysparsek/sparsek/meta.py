@@ -14,7 +14,7 @@ import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 from pysparsek.errors import UserError
-from pysparsek.settings import BY_NAME, FIELDS, SettingsError, SparsekSettings, gguf_key
+from pysparsek.sparsek.settings import BY_NAME, FIELDS, SettingsError, SparsekSettings, gguf_key
 
 
 class MetaError(UserError, RuntimeError):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pysparsek import build as builds
-from pysparsek import perplexity
-from pysparsek.perplexity import PerplexityResult, Settings
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import PerplexityResult, Settings
 
 
 @dataclass

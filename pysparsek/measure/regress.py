@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pysparsek import build as builds
-from pysparsek import compare, machine, passkey, patches, perplexity
+from pysparsek.data.models import sha256_file
 from pysparsek.errors import UserError
-from pysparsek.models import sha256_file
-from pysparsek.perplexity import Settings
-from pysparsek.pin import LLAMA_CPP_PIN
+from pysparsek.llamacpp import build as builds
+from pysparsek.llamacpp import patches
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN
+from pysparsek.measure import compare, machine, passkey, perplexity
+from pysparsek.measure.perplexity import Settings
 
 SCHEMA = "pysparsek.regress/1"
 TOPKS = [32, 64, 128, 256]
