@@ -1,5 +1,5 @@
 import sys
 
-from pysparsek.cli import main
+from pysparsek.cli.main import main
 
 sys.exit(main())

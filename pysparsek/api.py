@@ -1,59 +1,44 @@
-"""The operations of the command line as Python functions with typed results."""
+"""The public Python surface: the operations of the command line as functions with typed results.
+
+    from pysparsek import api
+    m = api.load("model.gguf", api.SparsekSettings(top_k=64, mode="group"), n_ctx=4096)
+    result = api.bench(topk=[64, 256], depths=[0, 2048])        # api.BenchResult: .quality, .speed
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pysparsek import bench as _bench
-from pysparsek import build as _build
-from pysparsek import convert as _convert
-from pysparsek import corpus, models
-from pysparsek import meta as _meta
+from pysparsek.data import convert as _convert
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as _build
+from pysparsek.measure import bench as _bench
+from pysparsek.measure.results import BenchOptions, BenchResult, Quality, QualityRow, Speed, SpeedRow
+from pysparsek.report import markdown
+from pysparsek.sparsek import meta as _meta
+from pysparsek.sparsek.llm import get_sparsek, load, model_sparsek, set_sparsek
+from pysparsek.sparsek.settings import SparsekSettings
 
-
-@dataclass(frozen=True)
-class QualityRow:
-    top_k: int
-    ppl: float
-    delta_ppl_pct: float
-    kl_mean: float
-    top1_agreement_pct: float
-
-
-@dataclass(frozen=True)
-class SpeedRow:
-    top_k: int
-    mode: str
-    test: str
-    depth: int
-    tokens_per_s: float
-    dense_tokens_per_s: float
-    ratio: float
-    ratio_min: float
-    ratio_max: float
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    dense_ppl: float
-    identical: bool          # stock == patched with Sparse-K off
-    quality: list[QualityRow]
-    speed: list[SpeedRow]
-    document: dict[str, Any]  # the full results.json content
-
-    @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> BenchResult:
-        q = doc["quality"]
-        return cls(
-            dense_ppl=q["stock"]["ppl"], identical=q["identical"],
-            quality=[QualityRow(s["top_k"], s["ppl"], s["delta_ppl_pct"], s["kl_mean"], s["top1_agreement_pct"])
-                     for s in q["sparse"]],
-            speed=[SpeedRow(s["top_k"], s["mode"], s["test"], s["depth"], s["tokens_per_s"], s["dense_tokens_per_s"],
-                            s["ratio"], s["ratio_min"], s["ratio_max"]) for s in doc["speed"]["sparse"]],
-            document=doc,
-        )
+__all__ = [
+    "BenchOptions",
+    "BenchResult",
+    "Quality",
+    "QualityRow",
+    "SparsekSettings",
+    "Speed",
+    "SpeedRow",
+    "bench",
+    "build",
+    "convert",
+    "get_sparsek",
+    "load",
+    "meta_clear",
+    "meta_set",
+    "meta_show",
+    "model_sparsek",
+    "set_sparsek",
+]
 
 
 def build(flavor: str = "patched", backend: str = "cpu") -> _build.Build:
@@ -62,28 +47,30 @@ def build(flavor: str = "patched", backend: str = "cpu") -> _build.Build:
 
 
 def bench(model: str | Path | None = None, topk: list[int] | None = None, text: str | Path | None = None,
-          out: str | Path | None = None, **options: Any) -> BenchResult:
-    """Quality and speed of Sparse-K vs dense; options are BenchOptions fields (ctx, depths, mode, ...)."""
+          out: str | Path | None = None, sparsek: SparsekSettings | None = None, **options: Any) -> BenchResult:
+    """Quality and speed of Sparse-K vs dense at each K with the `sparsek` setting; options are BenchOptions
+    fields (ctx, depths, ...)."""
     model_path = models.check_gguf(Path(model)) if model else models.default_model()
     text_path = Path(text) if text else corpus.default_text()
-    doc = _bench.run(_bench.BenchOptions(model=model_path, text=text_path, topks=topk or [64], quiet=True, **options))
+    result = _bench.run(BenchOptions(model=model_path, text=text_path, topks=topk or [64],
+                                     sparsek=sparsek or SparsekSettings.off(), quiet=True, **options))
     if out:
-        _bench.write_report(doc, Path(out))
-    return BenchResult.from_document(doc)
+        markdown.write_report(result, Path(out))
+    return result
 
 
 def convert(checkpoint: str | Path, out: str | Path, outtype: str = "f16", quant: str | None = None,
-            **sparsek: Any) -> Path:
+            sparsek: SparsekSettings | None = None) -> Path:
     """HF checkpoint -> GGUF (optionally quantized) with the given Sparse-K settings in its metadata."""
-    return _convert.convert(str(checkpoint), Path(out), outtype=outtype, quant=quant, sparsek=sparsek or None)
+    return _convert.convert(str(checkpoint), Path(out), outtype=outtype, quant=quant, sparsek=sparsek)
 
 
-def meta_show(model: str | Path) -> dict[str, Any]:
+def meta_show(model: str | Path) -> SparsekSettings:
     return _meta.read(Path(model))
 
 
-def meta_set(model: str | Path, out: str | Path, **values: Any) -> Path:
-    return _meta.write(Path(model), Path(out), values)
+def meta_set(model: str | Path, out: str | Path, sparsek: SparsekSettings) -> Path:
+    return _meta.write(Path(model), Path(out), sparsek)
 
 
 def meta_clear(model: str | Path, out: str | Path) -> Path:

@@ -1,20 +1,8 @@
-"""Errors that reach the user as one clear line instead of a traceback."""
+"""The base of every error that reaches the user as one clear line (exit code 2) instead of a traceback.
 
-from pysparsek.build import BuildError
-from pysparsek.convert import ConvertError
-from pysparsek.corpus import CorpusError
-from pysparsek.llm import BindingError
-from pysparsek.meta import MetaError
-from pysparsek.models import ModelError
-from pysparsek.patches import PatchError
-from pysparsek.perplexity import PerplexityError
-from pysparsek.proc import ToolError
-from pysparsek.regress import RegressError
-from pysparsek.rpc import RpcError
-from pysparsek.source import SourceError
-from pysparsek.speed import SpeedError
+Each module defines its own errors as subclasses of `UserError`; the command line catches this one class.
+"""
 
-USER_ERRORS = (
-    BuildError, ConvertError, CorpusError, BindingError, MetaError, ModelError, PatchError, PerplexityError,
-    RegressError, RpcError, SourceError, SpeedError, ToolError,
-)
+
+class UserError(Exception):
+    """Something the user can fix (a missing file, a bad setting, a tool that failed): shown as one line."""

@@ -7,8 +7,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pysparsek.errors import UserError
 
-class ToolError(RuntimeError):
+
+class ToolError(UserError, RuntimeError):
     """An external command failed; the message carries its last output lines."""
 
 

@@ -48,7 +48,9 @@ def parse_config(text: str) -> tuple[str, int, str, str]:
 
 
 def child(args: argparse.Namespace) -> int:
-    from pysparsek import corpus, llm, models
+    from pysparsek.data import corpus, models
+    from pysparsek.sparsek import llm
+    from pysparsek.sparsek.settings import SparsekSettings
 
     configs = [parse_config(c) for c in args.configs.split(",")]
     n_ctx = args.depth + args.tokens * len(configs) + 64
@@ -63,8 +65,7 @@ def child(args: argparse.Namespace) -> int:
     print(f"FILLED {time.perf_counter() - t0:.1f}", flush=True)
     pos = args.depth
     for label, k, mode, score in configs:
-        llm.set_sparsek(m, llm.Sparsek(top_k=k, mode=mode))
-        llm.set_score_type(m, score)
+        llm.set_sparsek(m, SparsekSettings(top_k=k, mode=mode, score_type=score))
         m.eval([toks[pos]])  # first step after a change re-reserves the graph: not measured
         pos += 1
         print(f"READY {label}", flush=True)
@@ -99,7 +100,7 @@ def perf_shares(data: Path, show: int = 0) -> dict[str, float]:
 
 
 def parent(args: argparse.Namespace) -> int:
-    from pysparsek import machine
+    from pysparsek.measure import machine
 
     cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--tokens", str(args.tokens),
            "--batch", str(args.batch),

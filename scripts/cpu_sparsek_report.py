@@ -7,14 +7,15 @@ Usage: .venv/bin/python scripts/cpu_sparsek_report.py [--quick] > report.txt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
-from pysparsek import build as builds
-from pysparsek import compare, corpus, machine, models, speed
-from pysparsek.cli import depth_list, positive_int_list
-from pysparsek.perplexity import Settings
+from pysparsek.cli.main import depth_list, positive_int_list
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import compare, machine, speed
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def main() -> int:
@@ -37,17 +38,17 @@ def main() -> int:
     if not args.skip_ppl:
         for ctx, chunks in args.ppl_contexts:
             for fa in args.fa.split(","):
-                s = Settings(ctx=ctx, chunks=chunks, flash_attn=fa, mode="head")
+                s = Settings(ctx=ctx, chunks=chunks, flash_attn=fa, sparsek=SparsekSettings(mode="head"))
                 res = compare.run(model, text, s, args.ppl_topk, quiet=True)
                 print(f"## perplexity, ctx {ctx}, {chunks} chunks, flash attention {fa}, mode head")
                 print(res.table() + "\n", flush=True)
         s = Settings(ctx=2048, chunks=8, flash_attn="on")
         for mode in filter(None, args.ppl_modes.split(",")):
-            res = compare.run(model, text, dataclasses.replace(s, mode=mode), [64, 256], quiet=True)
+            res = compare.run(model, text, s.with_sparsek(mode=mode), [64, 256], quiet=True)
             print(f"## perplexity, ctx 2048, 8 chunks, flash attention on, mode {mode}")
             print(res.table() + "\n", flush=True)
     if not args.skip_speed:
-        configs = [speed.Config()] + [speed.Config(k, m) for k in args.topk for m in args.modes.split(",")]
+        configs = [speed.DENSE] + [SparsekSettings(top_k=k, mode=m) for k in args.topk for m in args.modes.split(",")]
         meas = speed.interleaved(builds.require("patched"), model, configs, rounds=args.rounds, n_prompt=512,
                                  n_gen=32, depths=args.depths, threads=os.cpu_count(), flash_attn=True,
                                  progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))

@@ -17,7 +17,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    from pysparsek import build, machine, models, speed
+    from pysparsek.data import models
+    from pysparsek.llamacpp import build
+    from pysparsek.measure import machine, speed
+    from pysparsek.sparsek.settings import SparsekSettings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=8192)
@@ -38,9 +41,12 @@ def main() -> int:
               "flash_attn": True, "ngl": 0}
     # (label, llama-bench arguments): Sparse-K with the decode-only policy (max_ubatch 1), so pp512 is the
     # policy's prompt speed; dense with q8_0 / q4_0 K and V caches, what a user would pick instead
-    runs = [("sparse", {"top_ks": [0, *ks], "score_types": ("none", "q4_0"), "max_ubatch": 1}),
-            ("cache q8_0", {"top_ks": [0], "extra": ("-ctk", "q8_0", "-ctv", "q8_0")}),
-            ("cache q4_0", {"top_ks": [0], "extra": ("-ctk", "q4_0", "-ctv", "q4_0")})]
+    sparse = [SparsekSettings(top_k=k, mode=args.mode, score_type=st, max_ubatch=1) for k in [0, *ks]
+              for st in ("none", "q4_0")]
+    dense = [SparsekSettings(top_k=0, mode=args.mode)]
+    runs = [("sparse", {"settings": sparse}),
+            ("cache q8_0", {"settings": dense, "extra": ("-ctk", "q8_0", "-ctv", "q8_0")}),
+            ("cache q4_0", {"settings": dense, "extra": ("-ctk", "q4_0", "-ctv", "q4_0")})]
     if args.no_caches:
         runs = runs[:1]
     samples: dict[tuple[str, str], list[float]] = {}
@@ -48,7 +54,7 @@ def main() -> int:
     for r in range(args.rounds):
         for label, kw in runs:
             print(f"[{time.time() - t0:5.0f} s] round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            for rec in speed.bench_once(patched, model, mode=args.mode, window=0, **common, **kw):
+            for rec in speed.bench_once(patched, model, **common, **kw):
                 topk, st = int(rec["sparsek_topk"]), rec["sparsek_score_type"]
                 if topk == 0 and st != "none":
                     continue  # the sweep's dense-with-a-copy combination

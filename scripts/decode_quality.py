@@ -11,7 +11,6 @@ Usage: .venv/bin/python scripts/decode_quality.py [--prompt 1024] [--decode 256]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -19,8 +18,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    from pysparsek import corpus, machine, models
-    from pysparsek import decode_regime as dr
+    from pysparsek.data import corpus, models
+    from pysparsek.measure import decode_regime as dr
+    from pysparsek.measure import machine
+    from pysparsek.sparsek.settings import SparsekSettings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", type=int, default=1024)
@@ -37,7 +38,7 @@ def main() -> int:
 
     model = Path(args.model) if args.model else models.default_model()
     text = Path(args.text) if args.text else corpus.default_text()
-    settings = [dr.Setting(int(k), mode, score_type=st) for mode in args.modes.split(",")
+    settings = [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, score_type=st)) for mode in args.modes.split(",")
                 for k in args.topk.split(",") for st in args.score_types.split(",")]
     settings += [dr.Setting(cache_type=ct) for ct in args.cache_types.split(",") if ct]
     t0 = time.time()
@@ -51,12 +52,12 @@ def main() -> int:
     for r in results[1:]:
         lines.append(f"| {r.setting.label} | {r.ppl:.4f} | {100 * (r.ppl - dense.ppl) / dense.ppl:+.2f} | "
                      f"{r.kl_mean:.5f} ± {r.kl_stderr:.5f} | {r.top1_agreement_pct:.2f} |")
-    exact = {(r.setting.mode, r.setting.top_k): r.kl_mean for r in results[1:]
-             if r.setting.top_k and r.setting.score_type == "none"}
+    exact = {(r.setting.sparsek.mode, r.setting.sparsek.top_k): r.kl_mean for r in results[1:]
+             if r.setting.sparsek.top_k and r.setting.sparsek.score_type == "none"}
     lines.append("")
     for r in results[1:]:
-        key = (r.setting.mode, r.setting.top_k)
-        if r.setting.top_k and r.setting.score_type != "none" and key in exact and exact[key]:
+        key = (r.setting.sparsek.mode, r.setting.sparsek.top_k)
+        if r.setting.sparsek.top_k and r.setting.sparsek.score_type != "none" and key in exact and exact[key]:
             lines.append(f"- {r.setting.label}: KL {r.kl_mean / exact[key]:.3f}× exact scoring's "
                          f"({'within' if r.kl_mean <= 1.15 * exact[key] else 'NOT within'} 15 %)")
     out = Path(args.out)
@@ -65,7 +66,8 @@ def main() -> int:
     out.with_suffix(".json").write_text(json.dumps(
         {"model": str(model), "text": str(text), "prompt": args.prompt, "decode": args.decode, "chunks": args.chunks,
          "machine": machine.describe(),
-         "results": [{**dataclasses.asdict(r.setting), "label": r.setting.label, "ppl": r.ppl, "kl_mean": r.kl_mean,
+         "results": [{**r.setting.sparsek.given(), "cache_type": r.setting.cache_type, "label": r.setting.label,
+                      "ppl": r.ppl, "kl_mean": r.kl_mean,
                       "kl_stderr": r.kl_stderr, "top1_agreement_pct": r.top1_agreement_pct,
                       "decoded_tokens": r.n_tokens} for r in results]}, indent=2) + "\n")
     print("\n".join(lines))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pysparsek import patches, source
-from pysparsek.pin import LLAMA_CPP_PIN
+from pysparsek.llamacpp import patches, source
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN
 
 # not needed to build ggml-cuda, libllama, the tools and test-backend-ops, or to write a GGUF
 # only folders CMake skips with examples, server, app and the other backends off

@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from pysparsek import machine, models, passkey
-from pysparsek.cli import positive_int_list
-from pysparsek.recommended import RECOMMENDED
+from pysparsek.cli.main import positive_int_list
+from pysparsek.data import models
+from pysparsek.measure import machine, passkey
+from pysparsek.sparsek.recommended import RECOMMENDED
+from pysparsek.sparsek.settings import SparsekSettings
 
 DEPTHS = [0.1, 0.5, 0.9]
 
@@ -48,14 +50,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("results/passkey-long"))
     args = ap.parse_args()
     model = models.default_model()
-    window, sinks = RECOMMENDED["window"], RECOMMENDED["sinks"]
+    window, sinks = RECOMMENDED.window, RECOMMENDED.sinks
     rows: list[dict] = []
     for mode in args.modes.split(","):
         t0 = time.monotonic()
         # dense is measured once, with the first mode
         topks = ([0] if not rows else []) + args.topk
-        trials = passkey.run(model, args.lengths, DEPTHS, topks, mode=mode, n_threads=args.threads, window=window,
-                             sinks=sinks)
+        trials = passkey.run(model, args.lengths, DEPTHS, topks, SparsekSettings(mode=mode, window=window, sinks=sinks),
+                             n_threads=args.threads)
         for t in trials:
             rows.append({**dataclasses.asdict(t), "mode": mode if t.top_k else "dense",
                          "window": window if t.top_k else 0, "sinks": sinks if t.top_k else 0})

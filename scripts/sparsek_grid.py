@@ -13,16 +13,16 @@ Usage: .venv/bin/python scripts/sparsek_grid.py --stage grid|confirm|plot [--out
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pysparsek import build as builds
-from pysparsek import corpus, machine, models, perplexity
-from pysparsek.perplexity import Settings
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import machine, perplexity
+from pysparsek.measure.perplexity import Settings
 
 TOPKS = [64, 128, 256, 512]
 WINDOWS = [0, 16, 64]
@@ -54,8 +54,8 @@ def run_configs(out: Path, ctx: int, chunks: int, fa: str, configs: list[tuple[s
         patched = builds.require("patched")
         for mode, k, window, sinks in todo:
             t0 = time.monotonic()
-            res = perplexity.measure(patched, model, text, dataclasses.replace(
-                base, topk=k, window=window, sinks=sinks, mode=mode), kld_base=kld)
+            res = perplexity.measure(patched, model, text, base.with_sparsek(
+                top_k=k, window=window, sinks=sinks, mode=mode), kld_base=kld)
             row = {"ctx": ctx, "chunks": chunks, "fa": fa, "mode": mode, "top_k": k, "window": window, "sinks": sinks,
                    "ppl": res.ppl, "ppl_stderr": float(res.final_stderr), "dense_ppl": dense.ppl,
                    "delta_ppl_pct": 100.0 * (res.ppl - dense.ppl) / dense.ppl, "kl": res.kld_mean,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pysparsek import build as builds
-from pysparsek import corpus, models
+from pysparsek.data import corpus, models
+from pysparsek.llamacpp import build as builds
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,20 @@ def short_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text") / "jargon-head.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def open_llm() -> Iterator[Callable[..., Any]]:
+    """llm.load for one test: every context it opened is closed at teardown, even when an assert failed."""
+    from pysparsek.sparsek import llm
+
+    opened: list[Any] = []
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        m = llm.load(*args, **kwargs)
+        opened.append(m)
+        return m
+
+    yield load
+    for m in reversed(opened):
+        m.close()

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import loaders
 import numpy as np
 
-from pysparsek import corpus, llm
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_llama
 
@@ -22,19 +23,13 @@ class Dense:
 
 
 def text_tokens(model: Path, n_tokens: int) -> list[int]:
-    m = llm.load(model, n_ctx=512, n_threads=2)
-    toks = m.tokenize(corpus.default_text().read_text(encoding="utf-8")[:4000].encode(), add_bos=False)
-    m.close()
-    return toks[:n_tokens]
+    return loaders.text_tokens(model, n_tokens, n_chars=4000)
 
 
-def ggml_logits(model: Path, tokens: list[int], flash_attn: bool, **sparsek: object) -> np.ndarray:
-    m = llm.load(model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
-                 flash_attn=flash_attn, **sparsek)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    m.close()
-    return out
+def ggml_logits(model: Path, tokens: list[int], flash_attn: bool,
+                sparsek: SparsekSettings | None = None) -> np.ndarray:
+    return loaders.logits(model, tokens, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2,
+                          flash_attn=flash_attn)
 
 
 @dataclass
@@ -45,7 +40,7 @@ class Verdict:
 
 
 def check(reference: Callable[..., np.ndarray], rule: dict, model: Path, tokens: list[int], dense: Dense,
-          settings: dict, min_agree: float, slack: float = 0.0) -> Verdict:
+          settings: SparsekSettings, min_agree: float, slack: float = 0.0) -> Verdict:
     """Does the build's output under `settings` match `reference(tokens, **rule)` within what noise explains?
 
     The bound scales with the rule's own sensitivity (the KL that 0.01 of noise on the scores the selection sees
@@ -55,7 +50,7 @@ def check(reference: Callable[..., np.ndarray], rule: dict, model: Path, tokens:
     wrong = {k: v for k, v in rule.items() if k in ("lowest", "select_past_window", "raw_max") and v}
     ref = reference(tokens, **rule)
     sensitivity = numpy_llama.kl(ref, reference(tokens, selection_noise=0.01, **rule))
-    ggml = ggml_logits(model, tokens, dense.flash_attn, **settings)
+    ggml = ggml_logits(model, tokens, dense.flash_attn, settings)
     kl_sparse = numpy_llama.kl(ref, ggml)
     kl_vs_dense = numpy_llama.kl(ref, dense.logits)
     agree = float(np.mean(ref.argmax(-1) == ggml.argmax(-1)))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import amx
-from pysparsek import build as builds
+from pysparsek.llamacpp import amx
+from pysparsek.llamacpp import build as builds
 
 pytestmark = [pytest.mark.build,
               pytest.mark.skipif(builds.keep_amx(), reason="PYSPARSEK_AMX=on: AMX kernels kept on purpose")]
@@ -76,7 +76,7 @@ def test_the_disassembly_check_finds_amx_instructions(tmp_path: Path) -> None:
 
 def test_doctor_reports_the_cpu_and_the_builds_amx_state(stock_build: builds.Build,
                                                            patched_build: builds.Build) -> None:
-    from pysparsek import doctor
+    from pysparsek.cli import doctor
 
     rows = dict(doctor.report())
     assert rows["cpu"].endswith("AMX: " + (" ".join(amx.cpu_amx_flags()) or "none"))

@@ -9,54 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import bench, cli
+from pysparsek.measure import bench, results
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pysparsek", *args], capture_output=True, text=True, check=False)
-
-
-def test_defaults_follow_llama_cpp_names() -> None:
-    args = cli.build_parser().parse_args(["bench", "m.gguf", "--topk", "32,64", "-c", "1024", "-t", "2", "-ngl", "99",
-                                          "-fa", "off", "-b", "512", "-ub", "128", "--depths", "0,2048,8192"])
-    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
-    assert (o.topks, o.ctx, o.threads, o.ngl, o.flash_attn, o.batch, o.ubatch) == ([32, 64], 1024, 2, 99, False, 512,
-                                                                                    128)
-    assert o.depths == [0, 2048, 8192]
-    assert o.mode == "head" and o.window == 0
-
-
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--topk", "0"], "--topk"),
-    (["--topk", "-8"], "--topk"),
-    (["--backend", "rocm"], "--backend"),
-    (["--mode", "diagonal"], "--mode"),
-    (["--depths", "0,-1"], "--depths"),
-    (["-c", "0"], "--ctx-size"),
-    (["--rpc", "localhost"], "--rpc"),
-    (["--rpc", "host:0"], "--rpc"),
-])
-def test_bad_arguments_exit_2_with_the_option_named(argv: list[str], needle: str) -> None:
-    proc = _run("bench", *argv)
-    assert proc.returncode == 2
-    assert needle in proc.stderr
-
-
-def test_rpc_puts_the_patched_layers_on_the_servers() -> None:
-    args = cli.build_parser().parse_args(["bench", "m.gguf", "--rpc", "10.0.0.2:50052, 10.0.0.3:50052"])
-    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
-    assert o.rpc == "10.0.0.2:50052,10.0.0.3:50052"
-    assert bench.remote_args(o) == (99, ("--rpc", "10.0.0.2:50052,10.0.0.3:50052"))
-    o.ngl = 20
-    assert bench.remote_args(o)[0] == 20
-    o.rpc = ""
-    assert bench.remote_args(o) == (20, ())
-
-
-def test_rpc_with_the_decode_regime_is_one_clear_line() -> None:
-    proc = _run("bench", "--rpc", "127.0.0.1:1", "--regime", "decode")
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("pysparsek: error: --rpc applies to the prompt regime"), proc.stderr
 
 
 def test_missing_text_is_one_clear_line(tmp_path: Path) -> None:
@@ -86,7 +44,7 @@ def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_bui
 
 @pytest.mark.build
 def test_cuda_without_a_gpu_is_one_clear_line() -> None:
-    from pysparsek import machine
+    from pysparsek.measure import machine
 
     if machine.gpus():
         pytest.skip("this machine has an NVIDIA GPU")
@@ -107,7 +65,7 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == results.SCHEMA
     assert doc["llama_cpp_pin"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
     assert len(doc["model"]["sha256"]) == 64 and doc["machine"]["cores"]
     q = doc["quality"]
@@ -129,24 +87,122 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     assert "at depth 256" in proc.stdout and f"K=64 head: decode (tg4) {ratio:.2f}×" in proc.stdout
 
 
+@pytest.mark.build
+@pytest.mark.slow
+def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_path: Path, patched_build,
+                                                                           stock_build, short_text: Path) -> None:
+    """`bench --sinks 4 --stride 16`: llama-bench's own records say every Sparse-K run had stride 16 and sinks 4
+    (before llama-bench had those flags, speed silently ran without them)."""
+    out = tmp_path / "report"
+    proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
+                "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
+                "--reps", "1", "--rounds", "1", "-t", "2", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
+    want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
+    assert r.options.at(16) == want
+    sparse = [rec for rec in r.llama_bench_records if rec["sparsek_topk"]]
+    assert sparse and {SparsekSettings.from_bench_record(rec) for rec in sparse} == {want}
+    assert {row.settings for row in r.speed.sparse} == {want}
+    assert "K=16 group stride=16 sinks=4" in proc.stdout
+
+
+def test_bench_quality_runs_get_the_same_setting() -> None:
+    """The llama-perplexity command of bench's quality runs carries the setting its speed runs use."""
+    from pysparsek.measure import perplexity
+
+    o = results.BenchOptions(Path("m.gguf"), Path("t.txt"), [16], SparsekSettings(stride=16, sinks=4))
+
+    class FakeBuild:
+        backend = "cpu"
+
+        def tool(self, name: str) -> Path:
+            return Path("/bin") / name
+
+    cmd = perplexity.command(FakeBuild(), o.model, o.text, bench._settings(o).with_sparsek(top_k=16))
+    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--sparsek-")}
+    assert flags == {"--sparsek-topk": "16", "--sparsek-window": "0", "--sparsek-stride": "16",
+                     "--sparsek-sinks": "4", "--sparsek-mode": "head", "--sparsek-score-type": "none",
+                     "--sparsek-max-ubatch": "0"}
+
+
 def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
-    from pysparsek.speed import Batch, Config, batches
+    from pysparsek.measure.speed import DENSE, Batch, batches
 
-    assert batches([Config(), Config(64), Config(256)]) == [Batch("head", 0, 0, [0, 64, 256], ("none",))]
-    assert batches([Config(), Config(64, "group"), Config(64, "token"), Config(256, "group")]) == [
-        Batch("group", 0, 0, [0, 64, 256], ("none",)), Batch("token", 0, 0, [64], ("none",))]
-    assert batches([Config()]) == [Batch("head", 0, 0, [0], ("none",))]
-    # score types share the process (dense stays without a score copy); a policy gets its own process
-    assert batches([Config(), Config(64, score_type="q4_0"), Config(64, max_ubatch=1)]) == [
-        Batch("head", 0, 0, [0, 64], ("none", "q4_0")), Batch("head", 0, 1, [64], ("none",))]
+    head = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None)
+    group, token = head.replace(mode="group"), head.replace(mode="token")
+    S = SparsekSettings
+    assert batches([DENSE, S(top_k=64), S(top_k=256)]) == [Batch(head, (0, 64, 256), ("none",))]
+    assert batches([DENSE, S(top_k=64, mode="group"), S(top_k=64, mode="token"), S(top_k=256, mode="group")]) == [
+        Batch(group, (0, 64, 256), ("none",)), Batch(token, (64,), ("none",))]
+    assert batches([DENSE]) == [Batch(head, (0,), ("none",))]
+    # score types share the process (dense stays without a score copy); a policy, a stride or sinks get their own
+    assert batches([DENSE, S(top_k=64, score_type="q4_0"), S(top_k=64, max_ubatch=1),
+                    S(top_k=64, stride=16, sinks=4)]) == [
+        Batch(head, (0, 64), ("none", "q4_0")), Batch(head.replace(max_ubatch=1), (64,), ("none",)),
+        Batch(head.replace(stride=16, sinks=4), (64,), ("none",))]
 
 
-def test_llama_bench_records_map_back_to_configs() -> None:
-    from pysparsek.speed import Config, record_config
+def test_llama_bench_records_map_back_to_settings() -> None:
+    from pysparsek.measure.speed import DENSE, record_config
 
-    rec = {"sparsek_topk": 64, "sparsek_mode": "group", "sparsek_window": 0, "sparsek_score_type": "q4_0",
-           "sparsek_max_ubatch": 1}
-    assert record_config(rec) == Config(64, "group", 0, "q4_0", 1)
-    # dense that writes a score copy is not dense
-    assert record_config({**rec, "sparsek_topk": 0}) != Config()
-    assert record_config({**rec, "sparsek_topk": 0, "sparsek_score_type": "none"}) == Config()
+    rec = {"sparsek_topk": 64, "sparsek_mode": "group", "sparsek_window": 0, "sparsek_stride": 16,
+           "sparsek_sinks": 4, "sparsek_score_type": "q4_0", "sparsek_max_ubatch": 1}
+    assert record_config(rec) == SparsekSettings(top_k=64, mode="group", window=0, stride=16, sinks=4,
+                                                 score_type="q4_0", max_ubatch=1)
+    # dense that writes a score copy is not dense; the other fields do not change what dense runs
+    assert record_config({**rec, "sparsek_topk": 0}) != DENSE
+    assert record_config({**rec, "sparsek_topk": 0, "sparsek_score_type": "none"}) == DENSE
+
+
+def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is left to the model's metadata: the command names each field's value."""
+    from pysparsek.measure import speed
+
+    seen: list[list[str]] = []
+
+    class Done:
+        stdout = "[]"
+
+    def fake_run(cmd: list[str], **_: object) -> Done:
+        seen.append(cmd)
+        return Done()
+
+    class FakeBuild:
+        def tool(self, name: str) -> Path:
+            return Path("/bin") / name
+
+    monkeypatch.setattr(speed, "run", fake_run)
+    want = SparsekSettings(top_k=64, mode="group", window=64, stride=16, sinks=4)
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], rounds=1, n_prompt=8, n_gen=4,
+                      depths=[0])
+    cmd = seen[0]
+    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-sk")}
+    assert flags == {"-sk": "0,64", "-skw": "64", "-sks": "16", "-skn": "4", "-skm": "group", "-skst": "none",
+                     "-skmu": "0"}
+
+
+def test_results_round_trip_through_json(tmp_path: Path) -> None:
+    from pysparsek.measure.results import (
+        BenchOptions,
+        BenchResult,
+        DenseSpeed,
+        Perplexity,
+        Quality,
+        QualityRow,
+        Speed,
+        SpeedRow,
+    )
+
+    options = BenchOptions(Path("m.gguf"), Path("t.txt"), [8], SparsekSettings(mode="group", sinks=4, stride=16))
+    r = BenchResult("2026-01-01T00:00:00+00:00", "0", {"cpu": "x"}, "cpu", "pin", "sha", {"path": "m.gguf"},
+                    {"path": "t.txt"}, options, None,
+                    Quality(Perplexity(10.0, 0.1, [10.0]), Perplexity(10.0, 0.1, [10.0]), True,
+                            [QualityRow(8, 11.0, 0.2, 10.0, 0.1, 0.01, 90.0)]),
+                    Speed([DenseSpeed("tg32", 0, 4.0, [4.0])],
+                          [SpeedRow(options.at(8), "tg32", 0, 5.0, 4.0, 1.25, 1.2, 1.3, [5.0])]), [])
+    doc = json.loads(json.dumps(r.to_json()))
+    assert doc["schema"] == results.SCHEMA
+    assert doc["options"]["mode"] == "group" and doc["options"]["stride"] == 16
+    assert doc["speed"]["sparse"][0]["sinks"] == 4 and doc["speed"]["sparse"][0]["top_k"] == 8
+    assert BenchResult.from_json(doc) == r

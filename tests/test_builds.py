@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pysparsek import build as builds
+from pysparsek.llamacpp import build as builds
 
 pytestmark = pytest.mark.build
 

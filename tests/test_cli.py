@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import cli
+from pysparsek.cli import main as cli
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,3 +53,95 @@ def test_doctor_reports_the_pin() -> None:
     assert proc.returncode == 0
     assert "0c1e57098bba43ac29e6e3b677cdceebdd22334f" in proc.stdout
     assert "ccache" in proc.stdout
+
+
+# -- bench's options (the flags follow llama.cpp's names) -------------------------------------------------------
+
+def test_bench_defaults_follow_llama_cpp_names() -> None:
+    args = cli.build_parser().parse_args(["bench", "m.gguf", "--topk", "32,64", "-c", "1024", "-t", "2", "-ngl", "99",
+                                          "-fa", "off", "-b", "512", "-ub", "128", "--depths", "0,2048,8192"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert (o.topks, o.ctx, o.threads, o.ngl, o.flash_attn, o.batch, o.ubatch) == ([32, 64], 1024, 2, 99, False, 512,
+                                                                                    128)
+    assert o.depths == [0, 2048, 8192]
+    assert o.sparsek == SparsekSettings.off().replace(top_k=None)  # every other field given, at llama.cpp's default
+
+
+def test_bench_sparsek_options_make_one_setting() -> None:
+    args = cli.build_parser().parse_args(["bench", "--topk", "16,64", "--sinks", "4", "--stride", "16", "--mode",
+                                          "group", "--window", "64", "--score-type", "q4_0", "--max-ubatch", "1"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert o.at(64) == SparsekSettings(top_k=64, window=64, stride=16, sinks=4, mode="group", score_type="q4_0",
+                                       max_ubatch=1)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--topk", "0"], "--topk"),
+    (["--topk", "-8"], "--topk"),
+    (["--backend", "rocm"], "--backend"),
+    (["--rpc", "localhost"], "--rpc"),
+    (["--rpc", "host:0"], "--rpc"),
+    (["--mode", "diagonal"], "--mode"),
+    (["--score-type", "q3"], "--score-type"),
+    (["--sinks", "-1"], "--sinks"),
+    (["--stride", "x"], "--stride"),
+    (["--depths", "0,-1"], "--depths"),
+    (["-c", "0"], "--ctx-size"),
+])
+def test_bad_bench_arguments_exit_2_with_the_option_named(argv: list[str], needle: str) -> None:
+    proc = _run("bench", *argv)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+
+
+# -- the Sparse-K options every command shares (settings.add_arguments) -----------------------------------------
+
+@pytest.mark.parametrize("command", [["serve", "m.gguf"], ["meta", "set", "m.gguf"], ["convert", "ckpt"],
+                                     ["compare"]])
+def test_every_command_takes_the_same_sparsek_options(command: list[str]) -> None:
+    argv = [*command, "--window", "8", "--stride", "16", "--sinks", "4", "--mode", "token", "--score-type", "f16",
+            "--max-ubatch", "1"]
+    args = cli.build_parser().parse_args(argv)
+    assert SparsekSettings.from_args(args, skip=("top_k",)) == SparsekSettings(window=8, stride=16, sinks=4,
+                                                                              mode="token", score_type="f16",
+                                                                              max_ubatch=1)
+
+
+def test_unset_sparsek_options_stay_unset() -> None:
+    """serve and meta leave what is not given to the model's metadata."""
+    args = cli.build_parser().parse_args(["serve", "m.gguf", "--topk", "64"])
+    assert SparsekSettings.from_args(args) == SparsekSettings(top_k=64)
+
+
+def test_serve_rejects_bad_settings_before_starting() -> None:
+    proc = _run("serve", "m.gguf", "--topk", "-1")
+    assert proc.returncode == 2
+    assert "--topk" in proc.stderr and "must be >= 0" in proc.stderr
+
+
+def test_serve_passes_the_settings_as_llama_cpp_flags() -> None:
+    from pysparsek.cli import serve
+
+    o = serve.ServeOptions(Path("m.gguf"), SparsekSettings(top_k=64, mode="group", sinks=4), ctx=1024)
+    cmd = serve.command(Path("llama-server"), o)
+    assert cmd[cmd.index("--sparsek-topk"):] == ["--sparsek-topk", "64", "--sparsek-sinks", "4", "--sparsek-mode",
+                                                 "group", "-c", "1024"]
+
+
+def test_rpc_puts_the_patched_layers_on_the_servers() -> None:
+    from pysparsek.measure import bench
+
+    args = cli.build_parser().parse_args(["bench", "m.gguf", "--rpc", "10.0.0.2:50052, 10.0.0.3:50052"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert o.rpc == "10.0.0.2:50052,10.0.0.3:50052"
+    assert bench.remote_args(o) == (99, ("--rpc", "10.0.0.2:50052,10.0.0.3:50052"))
+    o.ngl = 20
+    assert bench.remote_args(o)[0] == 20
+    o.rpc = ""
+    assert bench.remote_args(o) == (20, ())
+
+
+def test_rpc_with_the_decode_regime_is_one_clear_line() -> None:
+    proc = _run("bench", "--rpc", "127.0.0.1:1", "--regime", "decode")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pysparsek: error: --rpc applies to the prompt regime"), proc.stderr

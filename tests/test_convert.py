@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import convert, corpus, llm, meta
+from pysparsek.data import convert, corpus
+from pysparsek.sparsek import llm, meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -57,13 +60,9 @@ def _hf_logits(ckpt: Path, tokens: list[int]) -> np.ndarray:
         return model(torch.tensor([tokens])).logits[0].numpy()
 
 
-def _gguf_logits(path: Path, tokens: list[int], **sparsek: object) -> tuple[np.ndarray, llm.Sparsek]:
-    m = llm.load(path, n_ctx=256, n_threads=2, logits_all=True, **sparsek)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    settings = llm.get_sparsek(m)
-    m.close()
-    return out, settings
+def _gguf_logits(path: Path, tokens: list[int]) -> tuple[np.ndarray, SparsekSettings]:
+    with loaders.opened(path, n_ctx=256, n_threads=2, logits_all=True) as m:
+        return loaders.eval_logits(m, tokens), llm.get_sparsek(m)
 
 
 def test_converted_model_matches_transformers(checkpoint: Path, tokens: list[int], tmp_path: Path) -> None:
@@ -81,11 +80,11 @@ def test_converted_model_matches_transformers(checkpoint: Path, tokens: list[int
 def test_sparsek_metadata_from_convert_takes_effect(checkpoint: Path, tokens: list[int], tmp_path: Path) -> None:
     dense_path = convert.convert(str(checkpoint), tmp_path / "tiny.gguf", outtype="f16")
     sparse_path = convert.convert(str(checkpoint), tmp_path / "tiny-sk.gguf", outtype="f16",
-                                  sparsek={"top_k": 4, "mode": "group"})
-    assert meta.read(sparse_path) == {"top_k": 4, "mode": "group"}
+                                  sparsek=SparsekSettings(top_k=4, mode="group"))
+    assert meta.read(sparse_path) == SparsekSettings(top_k=4, mode="group")
     dense, _ = _gguf_logits(dense_path, tokens)
     sparse, settings = _gguf_logits(sparse_path, tokens)
-    assert settings == llm.Sparsek(top_k=4, mode="group")
+    assert settings == SparsekSettings(top_k=4, mode="group").resolved()
     assert np.array_equal(dense[:4], sparse[:4])  # <= 4 visible cells: unchanged
     assert not np.allclose(dense[8:], sparse[8:], atol=1e-3)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import perplexity
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
@@ -43,7 +44,7 @@ def test_patched_with_sparsek_off_equals_stock(stock_run, patched_build: Build, 
                                                tmp_path: Path) -> None:
     fa, stock, stock_file = stock_run
     out = tmp_path / "patched.bin"
-    res = _run(patched_build, model, short_text, out, flash_attn=fa, topk=0)
+    res = _run(patched_build, model, short_text, out, flash_attn=fa, sparsek=SparsekSettings(top_k=0))
     _assert_identical(stock, res, stock_file, out)
 
 
@@ -61,14 +62,14 @@ def test_topk_at_least_context_equals_stock(stock_run, patched_build: Build, mod
     # 4 sequences share the unified cache, so n_kv > CTX: the op runs and must leave every row unchanged
     fa, stock, stock_file = stock_run
     out = tmp_path / "patched.bin"
-    res = _run(patched_build, model, short_text, out, flash_attn=fa, topk=topk, mode="group")
+    res = _run(patched_build, model, short_text, out, flash_attn=fa, sparsek=SparsekSettings(top_k=topk, mode="group"))
     _assert_identical(stock, res, stock_file, out)
 
 
 def test_small_topk_changes_the_result(stock_run, patched_build: Build, model: Path, short_text: Path,
                                        tmp_path: Path) -> None:
     fa, stock, _ = stock_run
-    res = _run(patched_build, model, short_text, tmp_path / "k8.bin", flash_attn=fa, topk=8)
+    res = _run(patched_build, model, short_text, tmp_path / "k8.bin", flash_attn=fa, sparsek=SparsekSettings(top_k=8))
     assert res.final != stock.final
     assert res.ppl > stock.ppl  # attending to 8 cells loses information
 
@@ -84,7 +85,8 @@ def test_flash_attn_and_softmax_paths_agree_under_sparsek(patched_build: Build, 
     ppl = {}
     for fa in ("off", "on"):
         res = perplexity.measure(patched_build, model, short_text,
-                                 Settings(ctx=512, chunks=4, flash_attn=fa, topk=64, mode=mode))
+                                 Settings(ctx=512, chunks=4, flash_attn=fa,
+                                          sparsek=SparsekSettings(top_k=64, mode=mode)))
         ppl[fa] = res
     rel = abs(ppl["on"].ppl - ppl["off"].ppl) / ppl["off"].ppl
     print(f"\nK=64 {mode}: PPL soft_max {ppl['off'].final}, flash attention {ppl['on'].final}, "
@@ -109,7 +111,8 @@ def test_quantized_cache_topk_at_least_context_equals_stock(stock_quant_run, pat
                                                             short_text: Path, tmp_path: Path) -> None:
     fa, extra, stock, stock_file = stock_quant_run
     out = tmp_path / "patched.bin"
-    res = _run(patched_build, model, short_text, out, flash_attn=fa, extra=extra, topk=4 * CTX, mode="head")
+    res = _run(patched_build, model, short_text, out, flash_attn=fa, extra=extra,
+               sparsek=SparsekSettings(top_k=4 * CTX, mode="head"))
     _assert_identical(stock, res, stock_file, out)
 
 
@@ -119,7 +122,8 @@ def test_quantized_cache_sparsek_runs_and_stays_close(stock_quant_run, patched_b
     # the scores for the selection are computed from the quantized K cache (ggml_mul_mat dequantizes)
     fa, extra, stock, stock_file = stock_quant_run
     res = perplexity.measure(patched_build, model, short_text,
-                             _settings(flash_attn=fa, extra=extra, topk=64, mode=mode), kld_base=stock_file)
+                             _settings(flash_attn=fa, extra=extra, sparsek=SparsekSettings(top_k=64, mode=mode)),
+                             kld_base=stock_file)
     assert res.final != stock.final
     # K=64 of 256 on f16 caches costs ~0.06 KL at ctx 512 (tests/baselines); a broken q8_0 path costs far more
     assert res.kld_mean is not None and 0 < res.kld_mean < 0.15

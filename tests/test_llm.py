@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import build as builds
-from pysparsek import corpus, llm
+from pysparsek.llamacpp import build as builds
+from pysparsek.sparsek import llm
+from pysparsek.sparsek.settings import SparsekSettings, to_c
 
 pytestmark = pytest.mark.build
 
@@ -17,29 +21,20 @@ N_CTX = 512
 
 @pytest.fixture(scope="module")
 def prompt_tokens(model: Path, patched_build: builds.Build) -> list[int]:
-    base = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    text = corpus.default_text().read_text(encoding="utf-8")[:3000]
-    tokens = base.tokenize(text.encode())[:300]
-    base.close()
-    return tokens
+    return loaders.text_tokens(model, 300, n_chars=3000, add_bos=True)
 
 
-def _logits(model: Path, tokens: list[int], **sparsek: object) -> np.ndarray:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2, logits_all=True, **sparsek)
-    m.eval(tokens)
-    out = np.array(m.scores[: len(tokens)], copy=True)
-    m.close()
-    return out
+def _logits(model: Path, tokens: list[int], sparsek: SparsekSettings | None = None) -> np.ndarray:
+    return loaders.logits(model, tokens, sparsek, n_ctx=N_CTX, n_threads=2)
 
 
-def _greedy(model: Path, tokens: list[int], n: int, **sparsek: object) -> list[int]:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2, **sparsek)
+def _greedy(model: Path, tokens: list[int], n: int, sparsek: SparsekSettings | None = None) -> list[int]:
     out = []
-    for tok in m.generate(tokens, top_k=1, temp=0.0):
-        out.append(tok)
-        if len(out) == n:
-            break
-    m.close()
+    with loaders.opened(model, sparsek, n_ctx=N_CTX, n_threads=2) as m:
+        for tok in m.generate(tokens, top_k=1, temp=0.0):
+            out.append(tok)
+            if len(out) == n:
+                break
     return out
 
 
@@ -49,48 +44,52 @@ def test_llama_cpp_runs_on_the_patched_library(patched_build: builds.Build, mode
     assert llm.has_sparsek_api()
 
 
-def test_settings_round_trip_and_validation(model: Path) -> None:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_sparsek(m) == llm.Sparsek()  # SmolLM2 has no Sparse-K metadata: off
-    want = llm.Sparsek(top_k=32, window=8, stride=64, sinks=4, mode="group")
+def test_settings_round_trip_and_validation(model: Path, open_llm: Callable[..., Any]) -> None:
+    m = open_llm(model, n_ctx=N_CTX, n_threads=2)
+    assert llm.get_sparsek(m) == SparsekSettings.off()  # SmolLM2 has no Sparse-K metadata: off
+    want = SparsekSettings(top_k=32, window=8, stride=64, sinks=4, mode="group", score_type="q4_0", max_ubatch=1)
     llm.set_sparsek(m, want)
     assert llm.get_sparsek(m) == want
-    with pytest.raises(ValueError):
-        llm.set_sparsek(m, llm.Sparsek(top_k=-1))
-    with pytest.raises(ValueError):
-        llm.set_sparsek(m, llm.Sparsek(top_k=8, mode="diagonal"))
-    assert llm.get_sparsek(m) == want  # rejected settings leave the old ones
-    m.close()
+    llm.set_sparsek(m, SparsekSettings(window=16))  # unset fields keep their values
+    assert llm.get_sparsek(m) == want.replace(window=16)
+    # the library's own check, past the Python one: llama_set_sparsek returns -1 and keeps the old settings
+    bad = to_c(want)
+    bad.top_k = -1
+    assert llm.api().llama_set_sparsek(m.ctx, bad) == -1
+    bad = to_c(want)
+    bad.mode = 7
+    assert llm.api().llama_set_sparsek(m.ctx, bad) == -1
+    assert llm.get_sparsek(m) == want.replace(window=16)  # rejected settings leave the old ones
 
 
 def test_topk_at_least_context_gives_identical_logits(model: Path, prompt_tokens: list[int]) -> None:
     dense = _logits(model, prompt_tokens)
-    full = _logits(model, prompt_tokens, topk=N_CTX, mode="token")
+    full = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=N_CTX, mode="token"))
     assert np.array_equal(dense, full)
 
 
 def test_small_topk_changes_logits_and_generation(model: Path, prompt_tokens: list[int]) -> None:
     dense = _logits(model, prompt_tokens)
-    sparse = _logits(model, prompt_tokens, topk=4)
+    sparse = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=4))
     # rows with <= 4 visible cells are unchanged; later ones must differ
     assert np.array_equal(dense[:4], sparse[:4])
     assert not np.allclose(dense[50:], sparse[50:])
-    assert _greedy(model, prompt_tokens, 24, topk=2) != _greedy(model, prompt_tokens, 24)
+    assert _greedy(model, prompt_tokens, 24, sparsek=SparsekSettings(top_k=2)) != _greedy(model, prompt_tokens, 24)
 
 
-def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_tokens: list[int]) -> None:
+def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_tokens: list[int],
+                                                           open_llm: Callable[..., Any]) -> None:
     """A reused graph must not keep the old Sparse-K setting."""
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2, logits_all=True)
+    m = open_llm(model, n_ctx=N_CTX, n_threads=2, logits_all=True)
     m.eval(prompt_tokens)
     dense = np.array(m.scores[: len(prompt_tokens)], copy=True)
     m.reset()
-    llm.set_sparsek(m, llm.Sparsek(top_k=4))
+    llm.set_sparsek(m, SparsekSettings(top_k=4))
     m.eval(prompt_tokens)
     sparse = np.array(m.scores[: len(prompt_tokens)], copy=True)
     m.reset()
-    llm.set_sparsek(m, llm.Sparsek(top_k=0))
+    llm.set_sparsek(m, SparsekSettings(top_k=0))
     m.eval(prompt_tokens)
     again = np.array(m.scores[: len(prompt_tokens)], copy=True)
-    m.close()
     assert not np.allclose(dense[50:], sparse[50:])
     assert np.array_equal(dense, again)

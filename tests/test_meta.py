@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import meta, models
+from pysparsek.data import models
+from pysparsek.sparsek import meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -26,10 +28,10 @@ def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
     proc = _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "16", "--mode", "token", "--exact")
     assert proc.returncode == 0, proc.stderr
-    assert meta.read(a) == {"top_k": 64, "window": 16, "mode": "token"}
+    assert meta.read(a) == SparsekSettings(top_k=64, window=16, mode="token")
     assert "top_k = 64" in _run("show", str(a)).stdout
     assert _run("clear", str(a), "-o", str(b)).returncode == 0
-    assert meta.read(b) == {}
+    assert meta.read(b) == SparsekSettings()
     assert "no Sparse-K metadata" in _run("show", str(b)).stdout
     assert models.sha256_file(model) == before  # the input is untouched
     # everything else is copied: same tensors, same other keys
@@ -42,9 +44,9 @@ def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
 
 def test_set_replaces_only_given_keys(model: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    meta.write(model, a, {"top_k": 64, "sinks": 4})
-    meta.write(a, b, {"top_k": 128})
-    assert meta.read(b) == {"top_k": 128, "sinks": 4}
+    meta.write(model, a, SparsekSettings(top_k=64, sinks=4))
+    meta.write(a, b, SparsekSettings(top_k=128))
+    assert meta.read(b) == SparsekSettings(top_k=128, sinks=4)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -63,29 +65,34 @@ def test_errors_are_one_line(model: Path, tmp_path: Path, args: list[str], messa
     assert proc.stderr.count("\n") == 1
 
 
-def test_invalid_values_are_rejected(model: Path, tmp_path: Path) -> None:
-    with pytest.raises(meta.MetaError, match="mode must be one of"):
-        meta.write(model, tmp_path / "x.gguf", {"mode": "diagonal"})
-    with pytest.raises(meta.MetaError, match="top_k must be an integer >= 0"):
-        meta.write(model, tmp_path / "x.gguf", {"top_k": -1})
-    assert not (tmp_path / "x.gguf").exists()
+def test_bad_values_in_a_file_are_a_meta_error(model: Path, tmp_path: Path) -> None:
+    """Keys written behind pysparsek's back are checked on reading, naming the file."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    bad = tmp_path / "bad.gguf"
+    writer = gguf.GGUFWriter(bad, arch="llama")
+    copy_with_new_metadata(gguf.GGUFReader(model), writer, {
+        "llama.attention.sparsek.mode": MetadataDetails(gguf.GGUFValueType.STRING, "diagonal")}, [])
+    with pytest.raises(meta.MetaError, match=f"{bad}: unknown Sparse-K mode 'diagonal'"):
+        meta.read(bad)
 
 
 def test_a_bare_topk_also_stores_the_recommended_settings(model: Path, tmp_path: Path) -> None:
-    from pysparsek.recommended import RECOMMENDED
+    from pysparsek.sparsek.recommended import RECOMMENDED
 
     out = tmp_path / "rec.gguf"
     proc = _run("set", str(model), "-o", str(out), "--topk", "128")
     assert proc.returncode == 0, proc.stderr
-    assert meta.read(out) == {"top_k": 128, **RECOMMENDED}
+    assert meta.read(out) == RECOMMENDED.replace(top_k=128)
 
 
 def test_explicit_settings_mean_what_they_say(model: Path, tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
     assert _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "0", "--mode", "head").returncode == 0
-    assert meta.read(a)["window"] == 0 and meta.read(a)["mode"] == "head"
+    assert meta.read(a).window == 0 and meta.read(a).mode == "head"
     # what the file already has is not replaced by a recommendation either
     assert _run("set", str(a), "-o", str(b), "--topk", "256").returncode == 0
-    assert meta.read(b)["window"] == 0 and meta.read(b)["mode"] == "head" and meta.read(b)["top_k"] == 256
+    assert meta.read(b) == SparsekSettings(top_k=256, window=0, mode="head", sinks=4)
     assert _run("set", str(model), "-o", str(c), "--topk", "64", "--exact").returncode == 0
-    assert meta.read(c) == {"top_k": 64}
+    assert meta.read(c) == SparsekSettings(top_k=64)

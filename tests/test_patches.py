@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import patches, paths
+from pysparsek import paths
+from pysparsek.llamacpp import patches
 
 
 def test_series_lists_existing_patches() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pysparsek.sparsek.settings import SparsekSettings
+
 import numpy_llama
 import reference_check
 from reference_check import Dense
@@ -57,7 +59,7 @@ def _check(weights: numpy_llama.LlamaWeights, model: Path, tokens: list[int], de
     follows the rule's own sensitivity (reference_check.check)."""
     rule = {"top_k": top_k, "mode": mode, "lowest": lowest} | ({"raw_max": True} if raw_max else {})
     v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
-                              {"topk": top_k, "mode": mode}, min_agree=0.75)
+                              SparsekSettings(top_k=top_k, mode=mode), min_agree=0.75)
     # rows with <= K visible cells are dense in both
     assert np.array_equal(v.ggml[:top_k], dense.logits[:top_k])
     return v.ok, v.report
@@ -95,7 +97,7 @@ def test_score_copy_matches_the_quantized_reference(weights: numpy_llama.LlamaWe
     """Selection from a q8_0/q4_0 copy of K equals the NumPy rule that scores with the same quantization."""
     rule = {"top_k": 16, "mode": "group", "score_type": score_type}
     v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
-                              {"topk": 16, "mode": "group", "score_type": score_type}, min_agree=0.75)
+                              SparsekSettings(top_k=16, mode="group", score_type=score_type), min_agree=0.75)
     print("\n" + v.report)
     assert v.ok, v.report
 
@@ -106,6 +108,6 @@ def test_the_check_tells_quantized_scoring_from_exact_scoring(weights: numpy_lla
     (measured: KL 2.5x over the bound)."""
     ref = functools.partial(numpy_llama.logits, weights)
     build_q4 = reference_check.check(ref, {"top_k": 16, "mode": "group"}, model, tokens, dense,
-                                     {"topk": 16, "mode": "group", "score_type": "q4_0"}, min_agree=0.75)
+                                     SparsekSettings(top_k=16, mode="group", score_type="q4_0"), min_agree=0.75)
     print("\n" + build_q4.report)
     assert not build_q4.ok, build_q4.report

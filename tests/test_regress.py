@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pysparsek import compare, regress
-from pysparsek.perplexity import PerplexityResult
+from pysparsek.measure import compare, regress
+from pysparsek.measure.perplexity import PerplexityResult
 
 
 def _ppl(value: float, kl: float | None = None, top1: float | None = None, final: str | None = None):

@@ -21,15 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import perplexity, rpc
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
+from pysparsek.llamacpp import rpc
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
 # group selection from the q4_0 copy of K, on both attention paths' most used one (flash attention)
-SPARSE = Settings(ctx=256, chunks=3, batch=1024, ubatch=256, threads=2, flash_attn="on", topk=64, mode="group",
-                  score_type="q4_0")
+SPARSE = Settings(ctx=256, chunks=3, batch=1024, ubatch=256, threads=2, flash_attn="on",
+                  sparsek=SparsekSettings(top_k=64, mode="group", score_type="q4_0"))
 BOUND_S = 60.0  # a failing run must end within this
 
 
@@ -60,7 +62,7 @@ def local_runs(patched_build: Build, model: Path, short_text: Path,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[perplexity.PerplexityResult, Path]]:
     out = tmp_path_factory.mktemp("local")
     runs = {}
-    for name, s in (("dense", dataclasses.replace(SPARSE, topk=0, score_type=None)), ("sparse", SPARSE)):
+    for name, s in (("dense", SPARSE.with_sparsek(top_k=0, score_type=None)), ("sparse", SPARSE)):
         runs[name] = (perplexity.measure(patched_build, model, short_text, s, save_logits=out / f"{name}.bin"),
                       out / f"{name}.bin")
     return runs
@@ -73,7 +75,7 @@ def test_rpc_perplexity_equals_local(local_runs, patched_build: Build, model: Pa
     dense_local, sparse_local = local_runs["dense"][0], local_runs["sparse"][0]
     assert sparse_local.ppl > dense_local.ppl * 1.001, "Sparse-K changed nothing: the test would prove nothing"
     with rpc.local_servers(patched_build, 2, tmp_path, threads=2) as servers:
-        for name, s in (("dense", dataclasses.replace(SPARSE, topk=0, score_type=None)), ("sparse", SPARSE)):
+        for name, s in (("dense", SPARSE.with_sparsek(top_k=0, score_type=None)), ("sparse", SPARSE)):
             out = tmp_path / f"{name}-rpc.bin"
             # GGML_SCHED_DEBUG lists each split's backend and nodes: the Sparse-K op must run on a server
             debug = name == "sparse"
@@ -157,14 +159,14 @@ def test_tensor_split_refuses_sparsek(stock_build: Build, patched_build: Build, 
     """-sm tensor over two RPC devices (the meta backend): dense runs and prints stock's estimate under the same
     split; Sparse-K, and a score copy of K alone, are refused with the split mode named. Without the refusal every
     one of them aborted in ggml-backend-meta.cpp (results/rpc-tensor-split-cpu.txt)."""
-    dense = dataclasses.replace(SPARSE, topk=0, score_type=None, chunks=1)
+    dense = dataclasses.replace(SPARSE.with_sparsek(top_k=0, score_type=None), chunks=1)
     with rpc.local_servers(stock_build, 2, tmp_path, threads=2) as servers:
         stock = perplexity.measure(stock_build, model, short_text,
                                    _remote(dense.without_sparsek(), servers.endpoints, "-sm", "tensor"))
     with rpc.local_servers(patched_build, 2, tmp_path, threads=2) as servers:
         ok = perplexity.measure(patched_build, model, short_text, _remote(dense, servers.endpoints, "-sm", "tensor"))
         assert (ok.chunks, ok.final, ok.final_stderr) == (stock.chunks, stock.final, stock.final_stderr)
-        for s in (dataclasses.replace(SPARSE, chunks=1), dataclasses.replace(dense, score_type="q4_0")):
+        for s in (dataclasses.replace(SPARSE, chunks=1), dense.with_sparsek(score_type="q4_0")):
             proc = _run(perplexity.command(patched_build, model, short_text,
                                            _remote(s, servers.endpoints, "-sm", "tensor")))
             _failed_cleanly(proc, proc.stdout)

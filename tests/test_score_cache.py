@@ -9,15 +9,19 @@ NumPy rule in test_reference.py.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import corpus, llm, meta
-from pysparsek import decode_regime as dr
-from pysparsek.build import Build
+from pysparsek.data import corpus
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import decode_regime as dr
+from pysparsek.sparsek import llm, meta
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_llama
 
@@ -28,49 +32,43 @@ N_CTX = 512
 
 @pytest.fixture(scope="module")
 def tokens(model: Path) -> list[int]:
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    toks = m.tokenize(corpus.default_text().read_text(encoding="utf-8")[:8000].encode(), add_bos=False)
-    m.close()
-    return toks[:400]
+    return loaders.text_tokens(model, 400, n_chars=8000)
 
 
-def _load(model: Path, score_type: str, flash_attn: bool = True, **kw: Any) -> Any:
-    return llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
-                    flash_attn=flash_attn, topk=16, mode=kw.pop("mode", "group"), score_type=score_type, **kw)
+def _load(open_llm: Callable[..., Any], model: Path, score_type: str, flash_attn: bool = True, mode: str = "group",
+          max_ubatch: int | None = None, **kw: Any) -> Any:
+    sparsek = SparsekSettings(top_k=16, mode=mode, score_type=score_type, max_ubatch=max_ubatch)
+    return open_llm(model, sparsek, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
+                    flash_attn=flash_attn, **kw)
 
 
-def _eval_logits(m: Any, toks: list[int]) -> np.ndarray:
-    start = m.n_tokens
-    m.eval(toks)
-    return np.array(m.scores[start: start + len(toks)], copy=True)
+_eval_logits = loaders.eval_logits
 
 
 @pytest.mark.parametrize("flash_attn", [False, True], ids=["softmax", "flash-attn"])
 @pytest.mark.parametrize("mode", ["head", "group"])
-def test_f16_copy_selects_exactly_as_k(model: Path, tokens: list[int], flash_attn: bool, mode: str) -> None:
+def test_f16_copy_selects_exactly_as_k(model: Path, tokens: list[int], flash_attn: bool, mode: str,
+                                       open_llm: Callable[..., Any]) -> None:
     out = {}
     for score_type in ("none", "f16"):
-        m = _load(model, score_type, flash_attn, mode=mode)
+        m = _load(open_llm, model, score_type, flash_attn, mode=mode)
         prompt = _eval_logits(m, tokens[:300])                       # batch rows, all sparse (K = 16)
         decoded = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:316]])
         out[score_type] = (prompt, decoded)
-        assert llm.get_score_type(m) == score_type
-        m.close()
+        assert llm.get_sparsek(m).score_type == score_type
     assert np.array_equal(out["none"][0], out["f16"][0])
     assert np.array_equal(out["none"][1], out["f16"][1])
 
 
-def test_q4_0_copy_changes_the_selection_a_little(model: Path, tokens: list[int]) -> None:
+def test_q4_0_copy_changes_the_selection_a_little(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """Not a no-op: q4_0 scores choose other cells than exact ones, yet the output moves far less from exact
     scoring's than exact scoring's moves from dense."""
     res = {}
     for score_type in ("none", "q4_0"):
-        m = _load(model, score_type)
+        m = _load(open_llm, model, score_type)
         res[score_type] = _eval_logits(m, tokens[:300])
-        m.close()
-    d = llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True, flash_attn=True)
+    d = open_llm(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True, flash_attn=True)
     dense = _eval_logits(d, tokens[:300])
-    d.close()
 
     assert not np.array_equal(res["none"], res["q4_0"])
     kl_q4 = numpy_llama.kl(res["none"], res["q4_0"])
@@ -80,121 +78,113 @@ def test_q4_0_copy_changes_the_selection_a_little(model: Path, tokens: list[int]
 
 
 @pytest.mark.parametrize("score_type", ["f16", "q4_0"])
-def test_removed_cells_are_rewritten_in_the_copy(model: Path, tokens: list[int], score_type: str) -> None:
+def test_removed_cells_are_rewritten_in_the_copy(model: Path, tokens: list[int], score_type: str,
+                                                 open_llm: Callable[..., Any]) -> None:
     """Fill 200 tokens, add 100, remove those 100 and decode other tokens into the same cells: the result must
     equal a run that never held the removed tokens (stale copy rows would be chosen from otherwise)."""
-    a = _load(model, score_type)
+    a = _load(open_llm, model, score_type)
     _eval_logits(a, tokens[:200])
     _eval_logits(a, tokens[200:300])
     a.n_tokens = 200  # llama-cpp-python removes cells past n_tokens (llama_memory_seq_rm) on the next eval
     got = _eval_logits(a, tokens[300:380])
-    a.close()
-    b = _load(model, score_type)
+    b = _load(open_llm, model, score_type)
     _eval_logits(b, tokens[:200])
     want = _eval_logits(b, tokens[300:380])
-    b.close()
     assert np.array_equal(got, want)
 
 
-def test_state_restore_derives_the_copy_from_k(model: Path, tokens: list[int]) -> None:
+def test_state_restore_derives_the_copy_from_k(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """The saved state holds K only; a context that loads it rebuilds its f16 copy from K."""
-    a = _load(model, "f16")
+    a = _load(open_llm, model, "f16")
     _eval_logits(a, tokens[:250])
     state = a.save_state()
     want = np.concatenate([_eval_logits(a, [t]) for t in tokens[250:270]])
-    a.close()
-    b = _load(model, "f16")
+    b = _load(open_llm, model, "f16")
     b.load_state(state)
     got = np.concatenate([_eval_logits(b, [t]) for t in tokens[250:270]])
-    c = _load(model, "none")
+    c = _load(open_llm, model, "none")
     c.load_state(state)
     from_k = np.concatenate([_eval_logits(c, [t]) for t in tokens[250:270]])
-    b.close()
-    c.close()
     assert np.array_equal(got, want)
     assert np.array_equal(got, from_k)
 
 
-def test_k_shift_shifts_the_copy(model: Path, tokens: list[int]) -> None:
+def test_k_shift_shifts_the_copy(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """After a position shift (what context shifting does) the copy is RoPE-shifted like K: f16 copy == K."""
     import llama_cpp
 
     out = {}
     for score_type in ("none", "f16"):
-        m = _load(model, score_type)
+        m = _load(open_llm, model, score_type)
         _eval_logits(m, tokens[:300])
         mem = llama_cpp.llama_get_memory(m.ctx)
         assert llama_cpp.llama_memory_seq_rm(mem, 0, 10, 110)  # drop 100 positions...
         llama_cpp.llama_memory_seq_add(mem, 0, 110, -1, -100)  # ...and shift the rest down (a K-shift)
         m.n_tokens = 200
         out[score_type] = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:316]])
-        m.close()
     assert np.array_equal(out["none"], out["f16"])
 
 
-def test_score_type_api(model: Path) -> None:
+def test_score_type_api(model: Path, open_llm: Callable[..., Any]) -> None:
     import gguf
 
-    m = llm.load(model, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_score_type(m) == "none" and llm.score_size(m) == 0
-    llm.set_score_type(m, "q4_0")
+    m = open_llm(model, n_ctx=N_CTX, n_threads=2)
+    assert llm.get_sparsek(m).score_type == "none" and llm.score_size(m) == 0
+    llm.set_sparsek(m, SparsekSettings(score_type="q4_0"))
     reader = gguf.GGUFReader(model)
     n_layer = int(reader.get_field("llama.block_count").contents())
     n_head_kv = int(reader.get_field("llama.attention.head_count_kv").contents())
     n_embd = int(reader.get_field("llama.embedding_length").contents())
     n_head = int(reader.get_field("llama.attention.head_count").contents())
     n_embd_k_gqa = n_embd // n_head * n_head_kv
-    # q4_0: 18 bytes per 32 values, one row per cell and layer
-    assert llm.score_size(m) == n_layer * N_CTX * n_embd_k_gqa // 32 * 18
-    llm.set_score_type(m, "none")
+    # one q4_0 row per cell and layer (gguf-py's block size and bytes per block)
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0]
+    assert llm.score_size(m) == n_layer * N_CTX * n_embd_k_gqa // block * type_size
+    llm.set_sparsek(m, SparsekSettings(score_type="none"))
     assert llm.score_size(m) == 0
-    with pytest.raises(ValueError, match="unknown Sparse-K score type"):
-        llm.set_score_type(m, "q2_k")
-    m.close()
+    with pytest.raises(ValueError, match="unknown Sparse-K score_type"):
+        llm.set_sparsek(m, SparsekSettings(score_type="q2_k"))
 
 
-def test_metadata_score_type_and_policy(model: Path, tmp_path: Path) -> None:
-    out = meta.write(model, tmp_path / "m.gguf", {"top_k": 16, "score_type": "q4_0", "max_ubatch": 1})
-    assert meta.read(out) == {"top_k": 16, "max_ubatch": 1, "score_type": "q4_0"}
-    m = llm.load(out, n_ctx=N_CTX, n_threads=2)
-    assert llm.get_score_type(m) == "q4_0" and llm.get_max_ubatch(m) == 1 and llm.score_size(m) > 0
-    m.close()
-    with pytest.raises(meta.MetaError, match="score_type must be one of"):
-        meta.write(model, tmp_path / "bad.gguf", {"score_type": "q3"})
+def test_metadata_score_type_and_policy(model: Path, tmp_path: Path, open_llm: Callable[..., Any]) -> None:
+    want = SparsekSettings(top_k=16, score_type="q4_0", max_ubatch=1)
+    out = meta.write(model, tmp_path / "m.gguf", want)
+    assert meta.read(out) == want
+    m = open_llm(out, n_ctx=N_CTX, n_threads=2)
+    assert llm.model_sparsek(m) == llm.get_sparsek(m) == want.resolved() and llm.score_size(m) > 0
 
 
-def test_decode_only_policy(model: Path, tokens: list[int]) -> None:
+def test_decode_only_policy(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """max_ubatch 1: a prompt batch attends densely (identical to Sparse-K off), decoded tokens sparsely."""
-    dense = llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
+    dense = open_llm(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
                      flash_attn=True)
     want_prompt = _eval_logits(dense, tokens[:300])
     dense_decoded = np.concatenate([_eval_logits(dense, [t]) for t in tokens[300:316]])
-    dense.close()
-    m = _load(model, "none", max_ubatch=1)
+    m = _load(open_llm, model, "none", max_ubatch=1)
     assert np.array_equal(_eval_logits(m, tokens[:300]), want_prompt)
     decoded = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:316]])
-    m.close()
     assert not np.array_equal(decoded, dense_decoded)
     # the same as switching Sparse-K on by hand after a dense prompt
-    by_hand = llm.load(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
+    by_hand = open_llm(model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
                        flash_attn=True)
     _eval_logits(by_hand, tokens[:300])
-    llm.set_sparsek(by_hand, llm.Sparsek(top_k=16, mode="group"))
+    llm.set_sparsek(by_hand, SparsekSettings(top_k=16, mode="group"))
     assert np.array_equal(np.concatenate([_eval_logits(by_hand, [t]) for t in tokens[300:316]]), decoded)
-    by_hand.close()
 
 
-def test_decode_regime_of_a_dense_setting_is_plain_decoding(model: Path, tmp_path: Path) -> None:
+def test_decode_regime_of_a_dense_setting_is_plain_decoding(model: Path, tmp_path: Path, open_llm: Callable[...,
+                                                            Any]) -> None:
     """K >= every row's cells is dense: KL exactly 0; and dense equals an independent plain decoding loop."""
     text = tmp_path / "t.txt"
     text.write_text(corpus.default_text().read_text(encoding="utf-8")[:20000], encoding="utf-8")
-    res = dr.measure(model, text, [dr.Setting(4096, "group"), dr.Setting(16, "group")], prompt=128, decode=16,
+    res = dr.measure(model, text, [dr.Setting(SparsekSettings(top_k=4096, mode="group")),
+                                      dr.Setting(SparsekSettings(top_k=16, mode="group"))], prompt=128, decode=16,
                      chunks=2)
     dense, big_k, small_k = res
     assert big_k.kl_mean == 0.0 and big_k.top1_agreement_pct == 100.0 and big_k.ppl == dense.ppl
     assert small_k.kl_mean > 0.0
     # plain decoding: a fresh context, prompt then one token per call, log-probabilities by hand
-    m = llm.load(model, n_ctx=256, n_batch=512, n_ubatch=512, n_threads=2, flash_attn=True, logits_all=True)
+    m = open_llm(model, n_ctx=256, n_batch=512, n_ubatch=512, n_threads=2, flash_attn=True, logits_all=True)
     toks = m.tokenize(text.read_text(encoding="utf-8").encode(), add_bos=False)
     nll = []
     for c in range(2):
@@ -205,7 +195,6 @@ def test_decode_regime_of_a_dense_setting_is_plain_decoding(model: Path, tmp_pat
             m.eval([t])
             lp = dr.log_softmax(np.array(m.scores[m.n_tokens - 1]))
             nll.append(-lp[chunk[128 + i + 1]])
-    m.close()
     assert float(np.exp(np.mean(nll))) == pytest.approx(dense.ppl, rel=1e-12)
 
 
@@ -235,16 +224,15 @@ def test_llama_bench_sweeps_score_type_and_policy(patched_build: Build, model: P
     assert bad.returncode != 0
 
 
-def test_copy_next_to_a_quantized_kv_cache(model: Path, tokens: list[int]) -> None:
+def test_copy_next_to_a_quantized_kv_cache(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """A q4_0 copy next to a q8_0 K/V cache (which stores Hadamard-rotated keys; the copy stores the same keys):
     runs, and chooses close to what scoring from the q8_0 K chooses."""
     import llama_cpp
 
     out = {}
     for score_type in ("none", "q4_0"):
-        m = _load(model, score_type, type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
+        m = _load(open_llm, model, score_type, type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
         out[score_type] = _eval_logits(m, tokens[:300])
-        m.close()
     kl = numpy_llama.kl(out["none"], out["q4_0"])
     assert not np.array_equal(out["none"], out["q4_0"])
     assert kl < 0.05, kl

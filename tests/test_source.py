@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import paths, source
-from pysparsek.pin import LLAMA_CPP_PIN
+from pysparsek import paths
+from pysparsek.llamacpp import source
+from pysparsek.llamacpp.pin import LLAMA_CPP_PIN
 
 
 def _git(cwd: Path, *args: str) -> str:

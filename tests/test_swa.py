@@ -9,14 +9,18 @@ layer's own mask (sliding window for even layers).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import loaders
 import numpy as np
 import pytest
 
-from pysparsek import perplexity
-from pysparsek.build import Build
-from pysparsek.perplexity import Settings
+from pysparsek.llamacpp.build import Build
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import Settings
+from pysparsek.sparsek.settings import SparsekSettings
 
 import numpy_gemma2
 import numpy_llama
@@ -36,8 +40,10 @@ def swa_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_gemma2.write(tmp_path_factory.mktemp("gemma2") / "tiny-gemma2.gguf", tokenizer_from=model)
 
 
-def _ppl(build: Build, model: Path, text: Path, out: Path, **kw: object) -> perplexity.PerplexityResult:
-    settings = Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, **kw)  # 4 sequences per batch
+def _ppl(build: Build, model: Path, text: Path, out: Path, flash_attn: str,
+         sparsek: SparsekSettings | None = None) -> perplexity.PerplexityResult:
+    settings = Settings(ctx=CTX, chunks=CHUNKS, batch=CTX * 4, ubatch=CTX, flash_attn=flash_attn,
+                        sparsek=sparsek or SparsekSettings())  # 4 sequences per batch
     return perplexity.measure(build, model, text, settings, save_logits=out)
 
 
@@ -45,12 +51,12 @@ def _ppl(build: Build, model: Path, text: Path, out: Path, **kw: object) -> perp
 def test_swa_model_off_and_large_topk_equal_stock(stock_build: Build, patched_build: Build, swa_model: Path,
                                                   short_text: Path, tmp_path: Path, fa: str) -> None:
     stock = _ppl(stock_build, swa_model, short_text, tmp_path / "stock.bin", flash_attn=fa)
-    for name, kw in (("off", {"topk": 0}), ("K=4*ctx", {"topk": 4 * CTX, "mode": "group"})):
+    for name, sk in (("off", SparsekSettings(top_k=0)), ("K=4*ctx", SparsekSettings(top_k=4 * CTX, mode="group"))):
         out = tmp_path / f"{name}.bin"
-        res = _ppl(patched_build, swa_model, short_text, out, flash_attn=fa, **kw)
+        res = _ppl(patched_build, swa_model, short_text, out, fa, sk)
         assert (res.chunks, res.final) == (stock.chunks, stock.final), name
         assert out.read_bytes() == (tmp_path / "stock.bin").read_bytes(), f"{name}: log-probabilities differ"
-    sparse = _ppl(patched_build, swa_model, short_text, tmp_path / "k8.bin", flash_attn=fa, topk=8)
+    sparse = _ppl(patched_build, swa_model, short_text, tmp_path / "k8.bin", fa, SparsekSettings(top_k=8))
     assert sparse.final != stock.final
 
 
@@ -77,29 +83,29 @@ def test_dense_swa_matches_the_reference(dense: Dense) -> None:
 
 
 def _check(weights: numpy_gemma2.Gemma2Weights, model: Path, tokens: list[int], dense: Dense, rule: dict,
-           ggml_settings: dict) -> tuple[bool, str]:
+           ggml_settings: SparsekSettings) -> tuple[bool, str]:
     v = reference_check.check(functools.partial(numpy_gemma2.logits, weights), rule, model, tokens, dense,
                               ggml_settings, min_agree=0.9, slack=1e-5)
     return v.ok, v.report
 
 
 CASES = [
-    {"topk": 8},
-    {"topk": 16, "mode": "group"},
-    {"topk": 8, "mode": "token"},
-    {"topk": 8, "window": 4, "sinks": 2},   # sinks lie outside the sliding window for most rows: never kept there
-    {"topk": 8, "stride": 16},
+    SparsekSettings(top_k=8),
+    SparsekSettings(top_k=16, mode="group"),
+    SparsekSettings(top_k=8, mode="token"),
+    SparsekSettings(top_k=8, window=4, sinks=2),   # sinks lie outside the sliding window for most rows: never kept
+    SparsekSettings(top_k=8, stride=16),
 ]
 
 
-def _rule(settings: dict) -> dict:
-    return {"top_k": settings["topk"], "mode": settings.get("mode", "head"), "window": settings.get("window", 0),
-            "stride": settings.get("stride", 0), "sinks": settings.get("sinks", 0)}
+def _rule(settings: SparsekSettings) -> dict:
+    r = settings.resolved()
+    return {"top_k": r.top_k, "mode": r.mode, "window": r.window, "stride": r.stride, "sinks": r.sinks}
 
 
-@pytest.mark.parametrize("settings", CASES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+@pytest.mark.parametrize("settings", CASES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.given().items()))
 def test_sparsek_on_swa_matches_the_reference(weights: numpy_gemma2.Gemma2Weights, swa_model: Path,
-                                              tokens: list[int], dense: Dense, settings: dict) -> None:
+                                              tokens: list[int], dense: Dense, settings: SparsekSettings) -> None:
     ok, report = _check(weights, swa_model, tokens, dense, _rule(settings), settings)
     print("\n" + report)
     assert ok, report
@@ -109,25 +115,24 @@ def test_sparsek_on_swa_matches_the_reference(weights: numpy_gemma2.Gemma2Weight
 def test_the_swa_check_rejects_wrong_rules(weights: numpy_gemma2.Gemma2Weights, swa_model: Path,
                                            tokens: list[int], dense: Dense, wrong: dict) -> None:
     """Keeping the K lowest, or choosing the K among cells the sliding window forbids, must fail the check."""
-    settings = {"topk": 16}
+    settings = SparsekSettings(top_k=16)
     ok, report = _check(weights, swa_model, tokens, dense, {**_rule(settings), **wrong}, settings)
     print("\n" + report)
     assert not ok, report
 
 
-def test_score_copy_on_the_iswa_cache(swa_model: Path, tokens: list[int]) -> None:
+def test_score_copy_on_the_iswa_cache(swa_model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
     """Both caches of an iSWA model keep a copy: f16 selects exactly as K (flash attention, where the op applies
     the soft-cap in both cases); q4_0 runs and stays close."""
-    from pysparsek import llm
+    from pysparsek.sparsek import llm
 
     out = {}
     for score_type in ("none", "f16", "q4_0"):
-        m = llm.load(swa_model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
-                     flash_attn=True, topk=16, mode="group", window=4, sinks=2, score_type=score_type)
+        sparsek = SparsekSettings(top_k=16, mode="group", window=4, sinks=2, score_type=score_type)
+        m = open_llm(swa_model, sparsek, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, logits_all=True,
+                     flash_attn=True)
         assert llm.score_size(m) > 0 or score_type == "none"
-        m.eval(tokens)
-        out[score_type] = np.array(m.scores[: len(tokens)], copy=True)
-        m.close()
+        out[score_type] = loaders.eval_logits(m, tokens)
     assert np.array_equal(out["none"], out["f16"])
     assert not np.array_equal(out["none"], out["q4_0"])
     assert numpy_llama.kl(out["none"], out["q4_0"]) < 0.05

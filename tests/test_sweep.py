@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek import api, catalog, models
-from pysparsek.models import ModelError
+from pysparsek import api
+from pysparsek.data import catalog, models
+from pysparsek.data.models import ModelError
 
 
 def test_models_txt_parses() -> None:
@@ -48,20 +49,7 @@ def test_sweep_skips_unreachable_models_and_writes_one_report(tmp_path: Path, sh
     assert (out / "local" / "results.json").is_file() and (out / "summary.md").is_file()
 
 
-def test_api_result_types(tmp_path: Path) -> None:
-    doc = {"quality": {"stock": {"ppl": 10.0}, "identical": True,
-                       "sparse": [{"top_k": 8, "ppl": 11.0, "delta_ppl_pct": 10.0, "kl_mean": 0.1,
-                                   "top1_agreement_pct": 90.0}]},
-           "speed": {"dense": [], "sparse": [{"top_k": 8, "mode": "head", "test": "tg32", "depth": 0,
-                                              "tokens_per_s": 5.0, "dense_tokens_per_s": 4.0, "ratio": 1.25,
-                                              "ratio_min": 1.2, "ratio_max": 1.3}]}}
-    r = api.BenchResult.from_document(doc)
-    assert r.identical and r.dense_ppl == 10.0
-    assert r.quality[0] == api.QualityRow(8, 11.0, 10.0, 0.1, 90.0)
-    assert r.speed[0].ratio == 1.25 and r.speed[0].test == "tg32"
-
-
 def test_api_meta_round_trip(tmp_path: Path) -> None:
-    out = api.meta_set(models.default_model(), tmp_path / "m.gguf", top_k=32, mode="token")
-    assert api.meta_show(out) == {"top_k": 32, "mode": "token"}
-    assert api.meta_show(api.meta_clear(out, tmp_path / "n.gguf")) == {}
+    out = api.meta_set(models.default_model(), tmp_path / "m.gguf", api.SparsekSettings(top_k=32, mode="token"))
+    assert api.meta_show(out) == api.SparsekSettings(top_k=32, mode="token")
+    assert api.meta_show(api.meta_clear(out, tmp_path / "n.gguf")) == api.SparsekSettings()

@@ -1,0 +1,84 @@
+"""Stock vs patched-with-Sparse-K-off vs Sparse-K at each K: perplexity, KL divergence, top-1 agreement."""
+
+from __future__ import annotations
+
+import filecmp
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pysparsek.llamacpp import build as builds
+from pysparsek.measure import perplexity
+from pysparsek.measure.perplexity import PerplexityResult, Settings
+
+
+@dataclass
+class SparseRow:
+    topk: int
+    result: PerplexityResult
+    identical_to_stock: bool | None = None  # for exact-check rows: same chunks, final and log-probs as stock
+
+
+@dataclass
+class Comparison:
+    stock: PerplexityResult
+    disabled: PerplexityResult
+    identical: bool            # same printed chunks, same final, byte-identical log-prob files
+    sparse: list[SparseRow]
+
+    def table(self) -> str:
+        dense = self.stock.ppl
+        lines = [f"{'run':<22} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 agree %':>14}",
+                 f"{'stock':<22} {self.stock.final:>10} {'':>8} {'':>10} {'':>14}",
+                 f"{'patched, Sparse-K off':<22} {self.disabled.final:>10} {'':>8} {'':>10} {'':>14}"]
+        for row in self.sparse:
+            r = row.result
+            if row.identical_to_stock is not None:
+                same = "identical to stock" if row.identical_to_stock else "DIFFERENT from stock"
+                lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {same}")
+                continue
+            delta = 100.0 * (r.ppl - dense) / dense
+            lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {delta:>+8.2f} "
+                         f"{r.kld_mean:>10.6f} {r.same_top_pct:>14.3f}")
+        verdict = "IDENTICAL" if self.identical else "DIFFERENT"
+        lines.append(f"stock vs patched with Sparse-K off: {verdict} (per-chunk values, final estimate, log-probs)")
+        return "\n".join(lines)
+
+
+def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
+        quiet: bool = False, exact_topks: tuple[int, ...] = (), patched_extra: tuple[str, ...] = ()) -> Comparison:
+    """exact_topks: K values expected to reproduce stock exactly (K >= context); they are compared byte for byte
+    instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc)."""
+    stock_build = builds.require("stock", backend)
+    stock_settings = settings.without_sparsek()
+    settings = replace(settings, extra=settings.extra + patched_extra)
+    patched_build = builds.require("patched", backend)
+    steps = tqdm(total=2 + len(topks) + len(exact_topks), desc="perplexity", unit="run", disable=quiet)
+    with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
+        base_file = Path(tmp) / "stock.kld"
+        off_file = Path(tmp) / "patched-off.kld"
+        stock = perplexity.measure(stock_build, model, text, stock_settings, save_logits=base_file)
+        steps.update()
+        disabled = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=0),
+                                      save_logits=off_file)
+        steps.update()
+        identical = (stock.chunks == disabled.chunks and stock.final == disabled.final
+                     and filecmp.cmp(base_file, off_file, shallow=False))
+        sparse = []
+        for k in topks:
+            res = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=k),
+                                     kld_base=base_file)
+            sparse.append(SparseRow(k, res))
+            steps.update()
+        for k in exact_topks:
+            k_file = Path(tmp) / f"k{k}.kld"
+            res = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=k),
+                                     save_logits=k_file)
+            same = res.chunks == stock.chunks and res.final == stock.final and filecmp.cmp(base_file, k_file,
+                                                                                           shallow=False)
+            sparse.append(SparseRow(k, res, identical_to_stock=same))
+            steps.update()
+    steps.close()
+    return Comparison(stock, disabled, identical, sparse)
