@@ -66,12 +66,18 @@ def bindir(work: Path, flavor: str) -> Path:
     return work / f"build-{flavor}" / "bin"
 
 
-def step_build(a: argparse.Namespace) -> None:
+def unpack(a: argparse.Namespace) -> Path:
+    """The work folder, with the device bundle unpacked into it once."""
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "BUNDLE.json").is_file():
         with tarfile.open(a.bundle) as tar:
             tar.extractall(work, filter="tar")
+    return work
+
+
+def step_build(a: argparse.Namespace) -> None:
+    work = unpack(a)
     print((work / "BUNDLE.json").read_text(), flush=True)
     for flavor in a.flavors.split(","):
         t0 = time.time()
@@ -321,10 +327,7 @@ HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
 
 
 def step_harness(a: argparse.Namespace) -> None:
-    work = Path(a.work)
-    if not (work / "BUNDLE.json").is_file():
-        with tarfile.open(a.bundle) as tar:
-            tar.extractall(work, filter="tar")
+    work = unpack(a)
     ggml = tree(work, "patched") / "ggml"
     exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
     sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo",
