@@ -9,6 +9,8 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
+  split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
+          a bench JSON (--profile-json, --bench-json; runs anywhere)
   harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
           llama.cpp build), check the decode selection kernel against a CPU reference on fresh random data and time
           it (--trace: also each phase's SM clocks in block 0)
@@ -323,6 +325,57 @@ def step_bench(a: argparse.Namespace) -> None:
     write_report(a, "gpu_bench", doc, "\n".join(md) + "\n")
 
 
+def perf_time(rows: list[dict], op: str, *needles: str) -> float:
+    """The test-backend-ops perf time of the one `op` case whose params contain every needle (us per run; the
+    median where the same case ran more than once)."""
+    hits = [r for r in rows if r["op"] == op and all(n in r["params"] for n in needles)]
+    if len({r["params"] for r in hits}) != 1:
+        raise SystemExit(f"split: {len({r['params'] for r in hits})} {op} perf cases match {needles}, expected one")
+    return statistics.median(r["time_us"] for r in hits)
+
+
+def decode_split(profile: dict, bench: dict, depth: int, top_k: int, score_type: str, n_layer: int) -> dict:
+    """Per-layer split of Sparse-K's decode attention path (GROUP, one token, Llama-3-8B heads): each op's time
+    alone (test-backend-ops perf rows of `profile`) against the path's cost in the decode graph, which is dense
+    flash attention plus the measured per-layer step difference (tg rows of `bench`, same call vs stock); `rest`
+    is what the graph spends beyond the ops alone (other kernels of the path, launch gaps, the copy's upkeep)."""
+    rows = profile["rows"]
+    kv = f"ne=[{depth},1,32,1]"
+    score = (perf_time(rows, "MUL_MAT", "type_a=q4_0,", f"m={depth},n=4,", "per=[0,1,2,3]") if score_type == "q4_0"
+             else perf_time(rows, "MUL_MAT", "type_a=f16,", f"m={depth},n=4,"))
+    select = perf_time(rows, "SPARSEK_MASK", kv, "mode=1,", "sets=1")
+    fa_sparse = perf_time(rows, "FLASH_ATTN_EXT", "nh=1,nr23=[4,8]", f"kv={depth},", f"n_kv_max={depth // 32}")
+    fa_dense = perf_time(rows, "FLASH_ATTN_EXT", "nh=8,nr23=[4,1]", f"kv={depth},", "n_kv_max=0")
+    label = f"K={top_k} group" + (" q4_0 copy" if score_type == "q4_0" else "")
+    tg = {r["config"].split(" ub<=")[0]: r for r in bench["rows"] if r["test"].startswith("tg") and r["depth"] == depth}
+    if label not in tg or "stock" not in tg:
+        raise SystemExit(f"split: the bench has no tg rows for {label!r} and stock at depth {depth}")
+    step_us = {k: 1e6 / tg[k]["tokens_per_s"] for k in ("stock", label)}
+    path_in_graph = fa_dense + (step_us[label] - step_us["stock"]) / n_layer
+    ops = score + select + fa_sparse
+    return {"depth": depth, "top_k": top_k, "config": label, "score_us": score, "select_us": select,
+            "fa_sparse_us": fa_sparse, "ops_sum_us": ops, "fa_dense_us": fa_dense, "path_in_graph_us": path_in_graph,
+            "rest_us": path_in_graph - ops, "step_us": step_us, "n_layer": n_layer}
+
+
+def step_split(a: argparse.Namespace) -> None:
+    """Where the decode attention path's time goes, from a `profile` JSON and a `bench` JSON of the same card."""
+    profile = json.loads(Path(a.profile_json).read_text())
+    bench = json.loads(Path(a.bench_json).read_text())
+    depth, top_k = int(a.depths.split(",")[-1]), int(a.topk.split(",")[0])
+    splits = [decode_split(profile, bench, depth, top_k, st, SHAPES[a.shape][0]) for st in ("none", "q4_0")]
+    md = [f"Per layer, {profile['gpu']} (profile) / {bench['gpu']} (bench), depth {depth}, one decoded token: each op "
+          "alone (test-backend-ops perf) vs the path in the decode graph (dense FA + per-layer step difference vs "
+          "stock, llama-bench tg)", "",
+          "| config | score | select | sparse FA | ops alone | path in graph | rest | dense FA |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for d in splits:
+        md.append(f"| {d['config']} | {d['score_us']:.1f} | {d['select_us']:.1f} | {d['fa_sparse_us']:.1f} | "
+                  f"{d['ops_sum_us']:.1f} | {d['path_in_graph_us']:.1f} | {d['rest_us']:.1f} | "
+                  f"{d['fa_dense_us']:.1f} |")
+    write_report(a, "gpu_split", {"splits": splits}, "\n".join(md) + "\n")
+
+
 HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
 
 
@@ -383,7 +436,7 @@ def step_ppl(a: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
@@ -405,6 +458,8 @@ def main() -> int:
     ap.add_argument("--trace", action="store_true", help="harness: also each phase's SM clocks (block 0 of row 0)")
     ap.add_argument("--gather-check", action="store_true",
                     help="bench: also a short verbose decode per patched config, counting sparse FA gather log lines")
+    ap.add_argument("--profile-json", help="split: a profile step's gpu_profile.json")
+    ap.add_argument("--bench-json", help="split: a bench step's gpu_bench.json (group exact and q4_0 copy, stock)")
     ap.add_argument("--ppl-model", help="ppl: a real model's GGUF")
     ap.add_argument("--ppl-text", help="ppl: a text file")
     ap.add_argument("--ppl-chunks", type=int, default=12)

@@ -50,7 +50,7 @@ static problem make_problem(const shape & s, std::mt19937 & rng) {
     p.s = s;
     p.heads_per_set = s.mode == HEAD ? 1 : s.mode == GROUP ? s.n_head/s.n_head_kv : s.n_head;
     p.n_sets        = s.n_head/p.heads_per_set;
-    p.n_out         = s.mode == TOKEN ? 1 : s.n_head;
+    p.n_out         = p.n_sets; // one row per set (ggml_sparsek_mask_sets), as decode's flash attention takes it
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::uniform_real_distribution<float> ud(0.0f, 1.0f);
     p.kq.resize(size_t(s.n_head)*s.n_kv);
@@ -171,7 +171,7 @@ static device_problem upload(const problem & p, float scale) {
     q.s_kq1 = n_kv; q.s_kq2 = n_kv; q.s_kq3 = n_kv*p.s.n_head;
     q.s_m1 = n_kv; q.s_m3 = n_kv; q.mask_ne3 = 1;
     q.s_d1 = n_kv; q.s_d2 = n_kv; q.s_d3 = n_kv*p.n_out;
-    q.top_k = p.s.top_k; q.scale = scale; q.softcap = p.s.softcap; q.token_mode = p.s.mode == TOKEN;
+    q.top_k = p.s.top_k; q.scale = scale; q.softcap = p.s.softcap; q.rows_per_set = 1;
     d.n_rows = p.n_sets;
     return d;
 }
@@ -227,7 +227,7 @@ static int64_t check(const shape & s, std::mt19937 & rng, int forced_cluster) {
 
     int64_t bad = 0, near = 0, unwritten = 0;
     for (int64_t h = 0; h < p.n_out; ++h) {
-        const int64_t is = s.mode == TOKEN ? 0 : h/p.heads_per_set;
+        const int64_t is = h;
         for (int64_t j = 0; j < s.n_kv; ++j) {
             const float v = __half2float(out[h*s.n_kv + j]);
             if (std::isnan(v)) {
