@@ -199,10 +199,9 @@ def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: a
 
 
 def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[str]:
-    """CUDA's sparse-gather log lines (GGML_CUDA_SPARSE_FA_LOG) in a short verbose decode: llama-bench mutes logs
+    """CUDA's sparse-gather debug log line (once per process) in a short verbose decode: llama-bench mutes logs
     unless -v, and -v logs at debug level, so the timed runs stay quiet and this separate run shows the path."""
-    proc = llama_bench(exe, model, ["-r", "1", "-p", "0", "-n", "4", "-d", str(depth), "-v", *extra],
-                       env={**os.environ, "GGML_CUDA_SPARSE_FA_LOG": "1"})
+    proc = llama_bench(exe, model, ["-r", "1", "-p", "0", "-n", "4", "-d", str(depth), "-v", *extra])
     return [line for line in proc.stderr.splitlines() if "sparse flash attention gather" in line]
 
 
