@@ -95,7 +95,7 @@ def step_build(a: argparse.Namespace) -> None:
 
 
 # test-backend-ops eval on CUDA against the CPU: the mask op, flash attention's sparse gather (n_kv_max > 0), and
-# the quantized products over rows of a few blocks (the score copy's q.k, patch 0012)
+# the quantized products over rows of a few blocks (the score copy's q.k, patch 0013)
 CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]"),
                ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),")]
 

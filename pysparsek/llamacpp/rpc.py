@@ -1,7 +1,7 @@
 """ggml's RPC backend: endpoint lists for `--rpc`, and ggml-rpc-server processes on this machine (tests, demos).
 
 A remote machine runs the patched `ggml-rpc-server` of the same patch series as the client: the patched HELLO
-carries the op table's fingerprint, and each side refuses a peer that numbers ops differently (patch 0014).
+carries the op table's fingerprint, and each side refuses a peer that numbers ops differently (patch 0015).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def run(o: BenchOptions) -> BenchResult:
             raise builds.BuildError("the decode regime runs through llama-cpp-python on the CPU build only")
         quality = decode_quality(o)
     else:
-        # a stock client cannot use patched servers (patch 0014 refuses it), so stock runs locally: the identity
+        # a stock client cannot use patched servers (patch 0015 refuses it), so stock runs locally: the identity
         # check then also holds the remote patched run to the local stock one
         quality = quality_of(compare.run(o.model, o.text, _settings(o), o.topks, backend=o.backend, quiet=o.quiet,
                                          patched_extra=("-ngl", str(ngl), *remote)))
