@@ -9,6 +9,8 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
+  score_harness  the scoring experiment of issue #18 (scripts/cuda/sparsek_score_harness.cu): how fast the blocks
+          that select could score a row from the q4_0 copy of K themselves; checked against a CPU reference
   split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
           a bench JSON (--profile-json, --bench-json; runs anywhere)
   harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
@@ -376,15 +378,13 @@ def step_split(a: argparse.Namespace) -> None:
 
 
 HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
+SCORE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_score_harness.cu"
 
 
-def step_harness(a: argparse.Namespace) -> None:
-    work = unpack(a)
-    ggml = tree(work, "patched") / "ggml"
-    exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
-    sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo",
-        *(["-DSPARSEK_CL_TRACE"] if a.trace else []), f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
-        f"-I{ggml / 'src' / 'ggml-cuda'}", str(HARNESS), "-o", str(exe)])
+def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
+    """nvcc the harness, run it, keep its output in OUT/<exe>.txt; exits if the harness reports a failed check."""
+    sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo", *nvcc_args,
+        "-o", str(exe)])
     proc = subprocess.run([str(exe)], capture_output=True, text=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,6 +392,21 @@ def step_harness(a: argparse.Namespace) -> None:
     print(proc.stdout + proc.stderr, flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"harness failed (exit {proc.returncode})")
+
+
+def step_harness(a: argparse.Namespace) -> None:
+    work = unpack(a)
+    ggml = tree(work, "patched") / "ggml"
+    exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
+    run_harness(a, exe, [*(["-DSPARSEK_CL_TRACE"] if a.trace else []), f"-I{ggml / 'include'}",
+                         f"-I{ggml / 'src'}", f"-I{ggml / 'src' / 'ggml-cuda'}", str(HARNESS)])
+
+
+def step_score_harness(a: argparse.Namespace) -> None:
+    """The scoring experiment (scripts/cuda/sparsek_score_harness.cu): self-contained, no bundle needed."""
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    run_harness(a, work / "sparsek_score_harness", [str(SCORE_HARNESS)])
 
 
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
@@ -435,7 +450,8 @@ def step_ppl(a: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "split", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "score_harness",
+                                     "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
