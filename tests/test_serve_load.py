@@ -20,6 +20,9 @@ from pysparsek.sparsek.settings import SparsekSettings
 
 SPARSE = RECOMMENDED.replace(top_k=64, score_type="q4_0")  # group, window 64, sinks 4, q4_0 copy
 POLICIES = {"decode-only": SPARSE.replace(max_ubatch=1), "every-ubatch": SPARSE.replace(max_ubatch=0)}
+# One compute thread: on a shared 2-core machine, -t 2 while another process holds a core makes ggml's thread
+# barriers wait on a descheduled thread (measured: 3 s per decoded token instead of 30 ms).
+THREADS = 1
 
 
 # -- pure parts, no server --------------------------------------------------------------------------------------
@@ -50,16 +53,19 @@ def test_workload_spreads_lengths_and_streams_every_other() -> None:
 
 
 def test_agreement_and_summary_count_failures_and_divergences() -> None:
-    a = load.Run([load.Outcome(0, True, 10, ok=True, tokens=[1, 2, 3], ttft_s=0.5, latency_s=1.0),
-                  load.Outcome(1, False, 20, ok=True, tokens=[1, 9, 3], latency_s=2.0),
-                  load.Outcome(2, False, 5, error="HTTP 500")], wall_s=2.0, clients=3)
-    alone = load.Run([load.Outcome(0, True, 10, ok=True, tokens=[1, 2, 3]),
-                      load.Outcome(1, False, 20, ok=True, tokens=[1, 2, 3]),
-                      load.Outcome(2, False, 5, ok=True, tokens=[4])], wall_s=3.0, clients=1)
+    a = load.Run([load.Outcome(0, True, 10, ok=True, n_predicted=3, text="abc", ttft_s=0.5, latency_s=1.0),
+                  load.Outcome(1, False, 20, ok=True, n_predicted=3, tokens=[1, 9, 3], latency_s=2.0),
+                  load.Outcome(3, False, 20, ok=True, n_predicted=3, tokens=[1, 2, 3], latency_s=2.0),
+                  load.Outcome(2, False, 5, error="HTTP 500")], wall_s=3.0, clients=3)
+    alone = load.Run([load.Outcome(0, True, 10, ok=True, n_predicted=3, text="abd"),
+                      load.Outcome(1, False, 20, ok=True, n_predicted=3, tokens=[1, 2, 3]),
+                      load.Outcome(3, False, 20, ok=True, n_predicted=3, tokens=[1, 2, 3]),
+                      load.Outcome(2, False, 5, ok=True, n_predicted=1, tokens=[4])], wall_s=3.0, clients=1)
     ag = load.agreement(a, alone)
     assert (ag.compared, ag.identical, ag.divergences) == (2, 1, (1,))
+    assert (ag.streamed_compared, ag.streamed_identical) == (1, 0)
     s = load.summarize(a)
-    assert (s.requests, s.failed, s.generated_tokens, s.prompt_tokens) == (3, 1, 6, 30)
+    assert (s.requests, s.failed, s.generated_tokens, s.prompt_tokens) == (4, 1, 9, 50)
     assert s.generated_tok_s == 3.0 and s.ttft_p50_s == 0.5 and s.errors == ("#2: HTTP 500",)
 
 
@@ -79,8 +85,8 @@ def _server(patched: builds.Build, model: Path, tmp_path: Path, config: server.S
 def text_tokens(patched_build: builds.Build, model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[int]:
     """The start of the Jargon File in SmolLM2's tokens (the server's own tokenizer)."""
     text = corpus.default_text().read_text(encoding="utf-8")[:40_000]
-    with _server(patched_build, model, tmp_path_factory.mktemp("tok"), server.ServerConfig(ctx=512, parallel=1)) \
-            as (_, client):
+    config = server.ServerConfig(ctx=512, parallel=1, threads=THREADS)
+    with _server(patched_build, model, tmp_path_factory.mktemp("tok"), config) as (_, client):
         return server.tokenize(client, text)
 
 
@@ -101,7 +107,7 @@ def test_bounded_load_no_failure_no_crash_no_slot_leak(patched_build: builds.Bui
     """6 clients, 12 requests (prompts 16..400 tokens, so K=64 drops cells; half streamed), 4 slots: every request
     answered with all its tokens, then no slot processing and nothing processing or deferred in /metrics, and the
     server exits 0 on SIGINT (checked by server.serving)."""
-    config = server.ServerConfig(sparsek=POLICIES[policy], ctx=2048, parallel=4)
+    config = server.ServerConfig(sparsek=POLICIES[policy], ctx=2048, parallel=4, threads=THREADS)
     requests = load.workload(text_tokens, 12, max_prompt=400, n_predict=[8, 24], seed=1)
     with _server(patched_build, model, tmp_path, config) as (srv, client):
         assert SparsekSettings.from_mapping(server.props(client)["sparsek"]) == POLICIES[policy].resolved()
@@ -136,7 +142,11 @@ def _slot_state_continuation(client: httpx.Client, prompt: list[int]) -> tuple[l
 
 @pytest.mark.build
 @pytest.mark.slow
-@pytest.mark.parametrize("score_type", ["q4_0", "f16"])
+@pytest.mark.parametrize("score_type", [
+    pytest.param("q4_0", marks=pytest.mark.xfail(strict=True, reason=(
+        "patch 0008 quantizes the live q4_0 copy from the F32 k_cur but derives a restored cell's copy from the F16 K "
+        "it stores, so a few values differ and the restored slot can choose other cells (FIX-server.diff)"))),
+    "f16"])
 def test_restored_slot_continues_exactly_as_the_unsaved_one(patched_build: builds.Build, model: Path,
                                                              tmp_path: Path, text_tokens: list[int],
                                                              score_type: str) -> None:
@@ -146,7 +156,7 @@ def test_restored_slot_continues_exactly_as_the_unsaved_one(patched_build: build
     save_dir = tmp_path / "slots"
     save_dir.mkdir()
     settings = SPARSE.replace(score_type=score_type, max_ubatch=0)
-    config = server.ServerConfig(sparsek=settings, ctx=2048, parallel=2,
+    config = server.ServerConfig(sparsek=settings, ctx=2048, parallel=2, threads=THREADS,
                                  extra=("--slot-save-path", str(save_dir), "--cache-ram", "0"))
     with _server(patched_build, model, tmp_path, config) as (_, client):
         live, restored, n_live, n_restored = _slot_state_continuation(client, text_tokens[:600])
@@ -167,7 +177,7 @@ def test_context_shift_with_the_score_copy(patched_build: builds.Build, model: P
     answers = {}
     for score_type in ("none", "f16", "q4_0"):
         config = server.ServerConfig(sparsek=SPARSE.replace(score_type=score_type, max_ubatch=0), ctx=256, parallel=1,
-                                     extra=("--context-shift",))
+                                     threads=THREADS, extra=("--context-shift",))
         with _server(patched_build, model, tmp_path, config, name=f"shift-{score_type}") as (_, client):
             body = _complete(client, prompt, 400, cache_prompt=False)
             assert body["truncated"] is True
@@ -185,7 +195,7 @@ def test_sparsek_fields_in_a_request_are_ignored(patched_build: builds.Build, mo
     """Sparse-K is a setting of the server (its flags or the model's metadata), not of a request: llama-server's
     request schema evaluates the fields it knows and ignores the rest, so "sparsek" fields, well-formed or not, change
     nothing (same tokens, same /props) and are no error. POST /props is refused (501) without --props."""
-    config = server.ServerConfig(sparsek=POLICIES["every-ubatch"], ctx=1024, parallel=1)
+    config = server.ServerConfig(sparsek=POLICIES["every-ubatch"], ctx=1024, parallel=1, threads=THREADS)
     prompt = text_tokens[:300]
     tries: list[dict[str, Any]] = [{"sparsek": {"top_k": 0}}, {"sparsek": {"top_k": -5, "mode": "diagonal"}},
                                    {"sparsek": "nonsense"}, {"sparsek_topk": -1, "sparsek_mode": 3}]

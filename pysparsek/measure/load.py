@@ -36,6 +36,10 @@ class Outcome:
     n_prompt: int
     ok: bool = False
     error: str = ""
+    n_predicted: int = 0          # as the server counts them
+    text: str = ""
+    # the token ids; complete when not streamed: a stream leaves out the id of a token whose text ends inside a
+    # UTF-8 character (llama-server sends text only once it is valid UTF-8, and each chunk names one token)
     tokens: list[int] = field(default_factory=list)
     ttft_s: float | None = None   # streaming only: request sent -> first generated token received
     latency_s: float = 0.0        # request sent -> last byte of the answer
@@ -63,7 +67,9 @@ async def _stream(client: httpx.AsyncClient, req: Request, out: Outcome, t0: flo
             if chunk.get("tokens") and out.ttft_s is None:
                 out.ttft_s = time.perf_counter() - t0
             out.tokens += [int(t) for t in chunk.get("tokens", [])]
+            out.text += chunk.get("content", "")
             if chunk.get("stop"):
+                out.n_predicted = int(chunk.get("tokens_predicted", 0))
                 out.ok = True
 
 
@@ -79,13 +85,16 @@ async def send(client: httpx.AsyncClient, index: int, req: Request) -> Outcome:
             if r.status_code != 200:
                 out.error = f"HTTP {r.status_code}: {r.text[:300]}"
             else:
-                out.tokens = [int(t) for t in r.json().get("tokens", [])]
+                body = r.json()
+                out.tokens = [int(t) for t in body.get("tokens", [])]
+                out.text = body.get("content", "")
+                out.n_predicted = int(body.get("tokens_predicted", 0))
                 out.ok = True
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     out.latency_s = time.perf_counter() - t0
-    if out.ok and len(out.tokens) != req.n_predict:
-        out.ok, out.error = False, f"{len(out.tokens)} tokens, expected {req.n_predict}"
+    if out.ok and out.n_predicted != req.n_predict:
+        out.ok, out.error = False, f"{out.n_predicted} tokens, expected {req.n_predict}"
     return out
 
 
@@ -154,7 +163,7 @@ class Summary:
 
 def summarize(r: Run) -> Summary:
     good = [o for o in r.outcomes if o.ok]
-    gen = sum(len(o.tokens) for o in good)
+    gen = sum(o.n_predicted for o in good)
     prompt = sum(o.n_prompt for o in good)
     ttft = [o.ttft_s for o in good if o.ttft_s is not None]
     lat = [o.latency_s for o in good]
@@ -178,23 +187,30 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 @dataclass(frozen=True)
 class Agreement:
-    """How answers under load compare with the same requests served alone (token ids, greedy)."""
+    """How answers under load compare with the same requests served alone (greedy): non-streamed answers by their
+    token ids, streamed ones by their text (a stream does not name every token, see Outcome.tokens)."""
     compared: int
     identical: int
-    divergences: tuple[int, ...]   # first differing position of each answer that is not identical
-    median_divergence: float | None
+    divergences: tuple[int, ...]   # non-streamed answers that differ: the first differing token position of each
+    streamed_compared: int
+    streamed_identical: int
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def median_divergence(self) -> float | None:
+        return statistics.median(self.divergences) if self.divergences else None
 
 
 def agreement(loaded: Run, alone: Run) -> Agreement:
     ref = {o.index: o for o in alone.outcomes if o.ok}
     pairs = [(o, ref[o.index]) for o in loaded.outcomes if o.ok and o.index in ref]
-    firsts = [first_divergence(a.tokens, b.tokens) for a, b in pairs]
-    div = tuple(sorted(f for f in firsts if f is not None))
-    return Agreement(compared=len(pairs), identical=sum(f is None for f in firsts), divergences=div,
-                     median_divergence=statistics.median(div) if div else None)
+    firsts = [first_divergence(a.tokens, b.tokens) for a, b in pairs if not a.stream]
+    streamed = [a.text == b.text for a, b in pairs if a.stream]
+    return Agreement(compared=len(firsts), identical=sum(f is None for f in firsts),
+                     divergences=tuple(sorted(f for f in firsts if f is not None)),
+                     streamed_compared=len(streamed), streamed_identical=sum(streamed))
 
 
 def workload(text_tokens: Sequence[int], n: int, max_prompt: int, n_predict: Sequence[int], stream_every: int = 2,

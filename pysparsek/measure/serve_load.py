@@ -67,11 +67,12 @@ def _ms(s: float | None) -> str:
 
 def markdown_table(results: Sequence[ConfigResult]) -> str:
     head = ("| server | failed | leaks | generated tok/s | prompt+gen tok/s | TTFT p50 / p95 ms | latency p50 / p95 ms "
-            "| wall s | identical to alone | first divergence (median; all) | CPU busy: server / others (cores) |")
+            "| wall s | identical to alone: tokens · streamed text | first divergence (median; all) "
+            "| CPU busy: server / others (cores) |")
     lines = [head, "|" + " --- |" * 11]
     for r in results:
         s, a = r.loaded, r.agreement
-        ident = f"{a.identical}/{a.compared}" if a else "–"
+        ident = f"{a.identical}/{a.compared} · {a.streamed_identical}/{a.streamed_compared}" if a else "–"
         div = "–" if not a or not a.divergences else (
             f"{a.median_divergence:g}; {', '.join(map(str, a.divergences))}")
         lines.append(
