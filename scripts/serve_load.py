@@ -10,7 +10,7 @@ Jargon File, every other request streamed, greedy, `ignore_eos` so every answer 
 `cache_prompt` off), check /slots and /metrics that nothing is still held, then send the same requests one at a
 time, and stop the server with SIGINT (it must exit 0). Writes OUT.json and OUT.md.
 
-Usage: .venv/bin/python scripts/serve_load.py [--clients 16] [--requests 32] [--ctx 16384] [-np 4]
+Usage: .venv/bin/python scripts/serve_load.py [--clients 16] [--requests 32] [--ctx 16384] [-np 4] [-t 2]
            [--n-predict 32,64] [--topk 64] [--configs dense,sk-decode,sk-all] [--out results/serve-load]
 """
 
@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--ctx", type=int, default=16384, help="llama-server -c (the whole KV cache)")
     ap.add_argument("-np", "--parallel", type=int, default=4)
+    ap.add_argument("-t", "--threads", type=int, default=2, help="llama-server -t (1 where another process holds a "
+                    "core: ggml's thread barriers then wait on a descheduled thread)")
     ap.add_argument("--n-predict", default="32,64")
     ap.add_argument("--max-prompt", type=int, default=0, help="longest prompt (default: what fits a slot)")
     ap.add_argument("--topk", type=int, default=64)
@@ -60,7 +62,8 @@ def main() -> int:
 
     # tokenize the text with the server's own tokenizer (a dense server, briefly)
     port = server.free_port()
-    cfg0 = server.ServerConfig(sparsek=SparsekSettings(top_k=0), ctx=args.ctx, parallel=args.parallel)
+    cfg0 = server.ServerConfig(sparsek=SparsekSettings(top_k=0), ctx=args.ctx, parallel=args.parallel,
+                               threads=args.threads)
     with server.serving(server.command(binary, model, cfg0, port), out.with_suffix(".tokenize.log"), port) as srv:
         import httpx
         with httpx.Client(base_url=srv.url, timeout=120.0) as c:
@@ -75,7 +78,7 @@ def main() -> int:
 
     results = []
     for name in names:
-        cfg = server.ServerConfig(sparsek=configs[name], ctx=args.ctx, parallel=args.parallel)
+        cfg = server.ServerConfig(sparsek=configs[name], ctx=args.ctx, parallel=args.parallel, threads=args.threads)
         t0 = time.monotonic()
         r = sl.measure(name, binary, model, cfg, requests, args.clients, out.with_suffix(f".{name}.log"),
                        alone=not args.no_alone, warmup=warmup)
@@ -94,7 +97,8 @@ def main() -> int:
     md = [f"# llama-server under load: dense vs Sparse-K ({model.name})", "",
           f"`scripts/serve_load.py {' '.join(sys.argv[1:])}` on {machine.one_line(info)}, {doc['date']}. "
           f"{len(requests)} requests from {args.clients} concurrent clients, `-np {args.parallel}` "
-          f"(continuous batching), `-c {args.ctx}` (slot context {slot}), `-t 2`, flash attention; prompts "
+          f"(continuous batching), `-c {args.ctx}` (slot context {slot}), `-t {args.threads}`, flash attention; "
+          f"prompts "
           f"{min(doc['prompt_lengths'])}..{max_prompt} tokens, n_predict {n_predict} (greedy, ignore_eos, "
           f"cache_prompt off), every other request streamed. Sparse-K: "
           + "; ".join(f"`{n}` = {configs[n].label}" for n in names if configs[n].enabled) + ".", "",
