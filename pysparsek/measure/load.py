@@ -53,7 +53,10 @@ class Run:
 
 
 async def _stream(client: httpx.AsyncClient, req: Request, out: Outcome, t0: float) -> None:
-    async with client.stream("POST", "/completion", json=req.body()) as r:
+    # llama-server can close the connection after a streamed answer while the client's pool still holds it as
+    # kept alive: the next request sent on it then fails before the server sees it ("Server disconnected without
+    # sending a response", reproduced with Sparse-K off). A streamed request therefore gets a connection of its own.
+    async with client.stream("POST", "/completion", json=req.body(), headers={"Connection": "close"}) as r:
         if r.status_code != 200:
             out.error = f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}"
             return
