@@ -122,6 +122,21 @@ def test_bounded_load_no_failure_no_crash_no_slot_leak(patched_build: builds.Bui
         assert srv.alive()
 
 
+@pytest.mark.build
+@pytest.mark.slow
+def test_one_client_alternating_streamed_and_plain_requests(patched_build: builds.Build, model: Path, tmp_path: Path,
+                                                            text_tokens: list[int]) -> None:
+    """One client, 20 requests one after another, every other one streamed: all answered. (llama-server can close
+    a connection after a streamed answer while the client still holds it as kept alive; load.send gives a streamed
+    request a connection of its own. Without that, 3 of these 20 failed before reaching the server.)"""
+    config = server.ServerConfig(ctx=512, parallel=1, threads=THREADS)
+    requests = [load.Request(tuple(text_tokens[i:i + 40]), 4, stream=i % 2 == 0) for i in range(20)]
+    with _server(patched_build, model, tmp_path, config) as (srv, client):
+        summary = load.summarize(load.run_alone(srv.url, requests))
+        assert summary.failed == 0, summary.errors
+        assert server.leaks(client) == []
+
+
 def _slot_state_continuation(client: httpx.Client, prompt: list[int]) -> tuple[list[int], list[int], int, int]:
     """Greedy on slot 0: answer, save, continue (live); erase, restore, continue again. Returns both
     continuations and how many prompt tokens each had to evaluate."""
