@@ -157,11 +157,7 @@ def _slot_state_continuation(client: httpx.Client, prompt: list[int]) -> tuple[l
 
 @pytest.mark.build
 @pytest.mark.slow
-@pytest.mark.parametrize("score_type", [
-    pytest.param("q4_0", marks=pytest.mark.xfail(strict=True, reason=(
-        "patch 0008 quantizes the live q4_0 copy from the F32 k_cur but derives a restored cell's copy from the F16 K "
-        "it stores, so a few values differ and the restored slot can choose other cells (FIX-server.diff)"))),
-    "f16"])
+@pytest.mark.parametrize("score_type", ["q4_0", "f16"])
 def test_restored_slot_continues_exactly_as_the_unsaved_one(patched_build: builds.Build, model: Path,
                                                              tmp_path: Path, text_tokens: list[int],
                                                              score_type: str) -> None:
@@ -183,9 +179,6 @@ def test_restored_slot_continues_exactly_as_the_unsaved_one(patched_build: build
 
 @pytest.mark.build
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "patch 0008: the K-shift of a quantized score copy of an unrotated (F16) K calls llama_mul_mat_hadamard with no "
-    "rotation matrix and the server dies with SIGSEGV at the first context shift (FIX-server.diff)"))
 def test_context_shift_with_the_score_copy(patched_build: builds.Build, model: Path, tmp_path: Path,
                                            text_tokens: list[int]) -> None:
     """A 1-slot context of 256 and 400 tokens to generate: llama-server shifts the context (K and the score copy
