@@ -149,9 +149,16 @@ def score_size(llm: Any) -> int:
 
 
 def load(model_path: str | os.PathLike[str], sparsek: SparsekSettings | None = None, *,
-         lib_dir: Path | None = None, **kwargs: Any) -> Any:
+         lib_dir: Path | None = None, exact: bool = False, check_metadata: bool = True, **kwargs: Any) -> Any:
     """A llama_cpp.Llama on the patched library; the fields of `sparsek` that are set override the model's
-    metadata. kwargs go to llama_cpp.Llama."""
+    metadata. A top_k > 0 comes with the recommended settings (recommended.RECOMMENDED) that neither `sparsek` nor
+    the model's metadata give, unless `exact`. The model's Sparse-K metadata is checked first (a MetaError naming
+    the key), unless `check_metadata` is off. kwargs go to llama_cpp.Llama."""
+    from pysparsek.sparsek import meta, recommended
+
+    present = meta.read(Path(model_path)) if check_metadata else None
+    if sparsek is not None and not exact:
+        sparsek = recommended.complete(sparsek, present)
     llama_cpp = bind(lib_dir)
     kwargs.setdefault("verbose", False)
     llm = llama_cpp.Llama(model_path=str(model_path), **kwargs)
