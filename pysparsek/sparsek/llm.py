@@ -10,13 +10,14 @@ import ctypes
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pysparsek.errors import UserError
 from pysparsek.llamacpp import build as builds
-from pysparsek.sparsek.settings import C_FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
+from pysparsek.sparsek.settings import C_FIELDS, FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
 
 
 class BindingError(UserError, RuntimeError):
@@ -156,7 +157,13 @@ def load(model_path: str | os.PathLike[str], sparsek: SparsekSettings | None = N
     the key), unless `check_metadata` is off. kwargs go to llama_cpp.Llama."""
     from pysparsek.sparsek import meta, recommended
 
-    present = meta.read(Path(model_path)) if check_metadata else None
+    present = None
+    if check_metadata:
+        present = meta.read(Path(model_path))
+        unknown = meta.unknown_keys(Path(model_path))
+        if unknown:
+            warnings.warn(f"{model_path}: ignoring {', '.join(unknown)}: not Sparse-K settings (known: "
+                          f"{', '.join(f.name for f in FIELDS)})", stacklevel=2)
     if sparsek is not None and not exact:
         sparsek = recommended.complete(sparsek, present)
     llama_cpp = bind(lib_dir)
