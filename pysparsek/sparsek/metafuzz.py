@@ -202,8 +202,9 @@ class Verdict:
     case: Case
     expected: Expected
     outcome: Outcome
-    python: str                     # what meta.read did: "ok", or the MetaError's text
+    python: str                     # what meta.read did: "ok", or the exception's text
     problems: list[str]
+    python_kind: str = "ok"         # ok | MetaError | the name of any other exception
 
     def to_json(self) -> dict[str, Any]:
         return {"case": self.case.to_json(), "expected": {"refused_by": self.expected.refused_by,
@@ -212,7 +213,7 @@ class Verdict:
                 "outcome": {"kind": self.outcome.kind, "returncode": self.outcome.returncode,
                             "settings": self.outcome.settings.given() if self.outcome.settings else None,
                             "message": self.outcome.message},
-                "python": self.python, "problems": self.problems}
+                "python": self.python, "python_kind": self.python_kind, "problems": self.problems}
 
 
 def check(case: Case, path: Path, outcome: Outcome) -> Verdict:
@@ -232,6 +233,7 @@ def check(case: Case, path: Path, outcome: Outcome) -> Verdict:
         problems.append(f"llama.cpp loaded {outcome.settings}, the metadata says {exp.settings}")
     elif outcome.kind == "refused" and not any(w in outcome.message for w in ("sparsek", "Sparse-K")):
         problems.append(f"the refusal does not name Sparse-K or the key: {outcome.message!r}")
+    kind = "ok"
     try:
         read = meta.read(path)
         python = "ok"
@@ -240,13 +242,13 @@ def check(case: Case, path: Path, outcome: Outcome) -> Verdict:
         elif exp.settings is not None and read.resolved() != exp.settings:
             problems.append(f"meta.read returned {read}, the metadata says {exp.settings}")
     except meta.MetaError as exc:
-        python = str(exc)
+        python, kind = str(exc), "MetaError"
         if not exp.refused_by:
             problems.append(f"meta.read refused a valid file: {exc}")
     except Exception as exc:
-        python = f"{type(exc).__name__}: {exc}"
+        python, kind = f"{type(exc).__name__}: {exc}", type(exc).__name__
         problems.append(f"meta.read raised {type(exc).__name__} instead of a MetaError: {exc}")
-    return Verdict(case, exp, outcome, python, problems)
+    return Verdict(case, exp, outcome, python, problems, kind)
 
 
 def run_case(seed: int, workdir: Path, timeout: float = TIMEOUT_S) -> Verdict:
