@@ -48,7 +48,8 @@ def test_the_sample_covers_both_outcomes_and_every_head_size() -> None:
     (_case(("top_k", T.INT32, 64)), "top_k"),
     (_case(("top_k", T.UINT32, 2**31)), "top_k"),
     (_case(("max_ubatch", T.UINT32, 2**32 - 1)), None),
-    (_case(("mode", T.STRING, "group\x00")), "mode"),
+    (_case(("mode", T.STRING, "token\x00")), None),    # llama.cpp reads strings up to a NUL (strict: refused)
+    (_case(("mode", T.STRING, "\x00token")), "mode"),
     (_case(("mode", T.UINT32, 1)), "mode"),
     (_case(("score_type", T.STRING, "q4_0")), None),
     (_case(("score_type", T.STRING, "q4_0"), head_dim=48), "score_type"),
@@ -58,13 +59,17 @@ def test_the_sample_covers_both_outcomes_and_every_head_size() -> None:
 def test_the_rule(case: Case, refused_by: str | None) -> None:
     exp = metafuzz.expect(case)
     assert exp.refused_by == (PREFIX + refused_by if refused_by else None)
+    has_nul = any("\x00" in str(e.value) for e in case.entries)
+    assert (exp.strict_refused_by is not None) == (has_nul and not refused_by)
+    if has_nul and not refused_by:
+        assert exp.settings is not None and exp.settings.mode == "token"
 
 
 @pytest.mark.parametrize(("entries", "head_dim", "message"), [
     ([("top_k", T.INT32, 8)], 32, "top_k has type INT32; Sparse-K stores it as UINT32"),
     ([("window", T.UINT32, 2**31)], 32, "window = 2147483648 is out of range"),
     ([("mode", T.STRING, b"\xff\xfe")], 32, "mode is not valid UTF-8"),
-    ([("mode", T.STRING, "group\x00")], 32, "unknown Sparse-K mode"),
+    ([("mode", T.STRING, "group\x00")], 32, "mode contains a NUL byte"),
     ([("score_type", T.ARRAY, ("q4_0",))], 32, "score_type has type ARRAY"),
     ([("score_type", T.STRING, "q4_0")], 48, "needs a head size that is a multiple of 32; this model's is 48"),
 ])

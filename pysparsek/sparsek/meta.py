@@ -57,6 +57,9 @@ def _value(path: Path, key: str, f: Field, field: gguf.ReaderField) -> int | str
             raise MetaError(f"{path}: {key} = {value} is out of range (at most {INT32_MAX})")
         return value
     raw = bytes(field.parts[field.data[0]])
+    head = raw.split(b"\0", 1)[0]
+    if head != raw:
+        raise MetaError(f"{path}: {key} contains a NUL byte ({raw[:32]!r}); llama.cpp would read only {head!r}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

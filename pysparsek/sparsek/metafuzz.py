@@ -7,7 +7,9 @@ with a NUL or invalid UTF-8, arrays). `expect` states, independently of the load
 (README "Settings"): the int keys are uint32 (top_k, window, stride and sinks at most INT32_MAX), mode and
 score_type are exactly one of their names, a quantized score type needs a head size that is a multiple of 32;
 anything else under the prefix is not a Sparse-K key and is ignored. Then a model either loads with exactly those
-settings or is refused with a message.
+settings or is refused with a message. One known exception: llama.cpp reads every GGUF string only up to its first
+NUL byte (gguf_get_val_str returns a C string; stock does this for all keys), so "group\0x" loads as "group";
+pysparsek's reader refuses such a string (`Expected.strict_refused_by`).
 
 `probe` loads one file in a child process (`python -m pysparsek.sparsek.load_probe`), so an abort, a crash or a
 hang is recorded rather than taking the caller down; `check` compares its outcome, and `meta.read`'s, with the
@@ -82,6 +84,7 @@ class Expected:
     """Refused (with the key that is why), or loaded with these settings in the model (every field resolved)."""
     refused_by: str | None
     settings: SparsekSettings | None = None
+    strict_refused_by: str | None = None   # a string with a NUL: llama.cpp loads its head, meta.read refuses it
 
 
 def _value(rng: random.Random, name: str) -> tuple[gguf.GGUFValueType, Any, gguf.GGUFValueType | None]:
@@ -130,6 +133,7 @@ def generate(seed: int) -> Case:
 def expect(case: Case) -> Expected:
     """What the documented rule says loading this file must do."""
     given: dict[str, int | str] = {}
+    strict: str | None = None
     for e in case.entries:
         name = e.key[len(PREFIX):] if e.key.startswith(PREFIX) else None
         f = BY_NAME.get(name or "")
@@ -140,12 +144,16 @@ def expect(case: Case) -> Expected:
                 return Expected(e.key)
             given[f.name] = int(e.value)
         else:
-            if e.vtype != T.STRING or not isinstance(e.value, str) or e.value not in f.choices:
+            raw = e.value.encode() if isinstance(e.value, str) else e.value
+            head = raw.split(b"\0", 1)[0].decode(errors="replace") if e.vtype == T.STRING else None
+            if head is None or head not in f.choices:
                 return Expected(e.key)
-            given[f.name] = e.value
+            if head != e.value:
+                strict = strict or e.key
+            given[f.name] = head
     if given.get("score_type") in ("q8_0", "q4_0") and case.head_dim % 32:
         return Expected(PREFIX + "score_type")
-    return Expected(None, SparsekSettings(**given).resolved())
+    return Expected(None, SparsekSettings(**given).resolved(), strict)
 
 
 def write(case: Case, dst: Path) -> Path:
@@ -237,13 +245,14 @@ def check(case: Case, path: Path, outcome: Outcome) -> Verdict:
     try:
         read = meta.read(path)
         python = "ok"
-        if exp.refused_by:
-            problems.append(f"meta.read accepted the file although {exp.refused_by} is invalid")
+        if exp.refused_by or exp.strict_refused_by:
+            problems.append(f"meta.read accepted the file although {exp.refused_by or exp.strict_refused_by} is "
+                            "invalid")
         elif exp.settings is not None and read.resolved() != exp.settings:
             problems.append(f"meta.read returned {read}, the metadata says {exp.settings}")
     except meta.MetaError as exc:
         python, kind = str(exc), "MetaError"
-        if not exp.refused_by:
+        if not (exp.refused_by or exp.strict_refused_by):
             problems.append(f"meta.read refused a valid file: {exc}")
     except Exception as exc:
         python, kind = f"{type(exc).__name__}: {exc}", type(exc).__name__
