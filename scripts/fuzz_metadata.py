@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz the Sparse-K GGUF keys at scale: N seeded cases of mutated metadata on a tiny random Llama, each loaded
 (and decoded) by the patched llama.cpp in a child process, checked against the documented rule
-(pysparsek.sparsek.metafuzz). tests/test_metafuzz.py runs a small sample of the same cases in CI.
+(pysparsek.measure.metafuzz). tests/test_metafuzz.py runs a small sample of the same cases in CI.
 
 Writes OUT.json (every case, its expected and actual outcome, what meta.read said) and OUT.md (counts, problems,
 the machine and its load). Exits 1 if any case crashed, hung or disagreed with the rule.
@@ -25,8 +25,7 @@ from pathlib import Path
 def main() -> int:
     from pysparsek.llamacpp import build as builds
     from pysparsek.llamacpp import patches
-    from pysparsek.measure import machine
-    from pysparsek.sparsek import metafuzz
+    from pysparsek.measure import machine, metafuzz
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=500)
@@ -74,7 +73,7 @@ def main() -> int:
         "`llama.attention.sparsek.` (or near it), loaded by the patched llama.cpp through `llm.load` in a child "
         "process (`pysparsek.sparsek.load_probe`, glibc heap checks on), a prompt evaluated in ubatches of 16 and 4 "
         "tokens decoded; then `meta.read` on the same file. Checked against the documented rule "
-        "(`pysparsek.sparsek.metafuzz.expect`).",
+        "(`pysparsek.measure.metafuzz.expect`).",
         "",
         "| | count |",
         "| --- | ---: |",

@@ -112,7 +112,8 @@ def test_load_checks_the_metadata_first(tmp_path: Path, patched_build: builds.Bu
     under the prefix that is not a setting is ignored with a warning."""
     import gguf
 
-    from pysparsek.sparsek import meta, metafuzz
+    from pysparsek.measure import metafuzz
+    from pysparsek.sparsek import meta
 
     T = gguf.GGUFValueType
     bad = metafuzz.write(metafuzz.Case(-1, 32, (metafuzz.Entry(metafuzz.PREFIX + "top_k", T.INT32, 8),)),

@@ -15,8 +15,9 @@ import gguf
 import pytest
 
 from pysparsek.data import tiny_model
-from pysparsek.sparsek import meta, metafuzz
-from pysparsek.sparsek.metafuzz import PREFIX, Case, Entry, Outcome
+from pysparsek.measure import metafuzz
+from pysparsek.measure.metafuzz import PREFIX, Case, Entry, Outcome
+from pysparsek.sparsek import meta
 from pysparsek.sparsek.settings import SparsekSettings
 
 T = gguf.GGUFValueType

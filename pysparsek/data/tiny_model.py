@@ -3,7 +3,7 @@
 Small enough (a few hundred KB) to write hundreds of variants in seconds, real enough for llama.cpp to load it,
 tokenize any text (byte fallback), build its graph and decode. Its head size is a parameter, so a head size that is
 not a multiple of a quantized type's block (32) can be written too. Used by the metadata fuzz
-(`pysparsek.sparsek.metafuzz`); the weights are random, so what it generates means nothing.
+(`pysparsek.measure.metafuzz`); the weights are random, so what it generates means nothing.
 """
 
 from __future__ import annotations

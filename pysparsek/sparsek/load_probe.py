@@ -1,6 +1,6 @@
 """`python -m pysparsek.sparsek.load_probe MODEL.gguf`: load a model as its metadata says, decode, report.
 
-Run as a child process by the metadata fuzz (`pysparsek.sparsek.metafuzz`), so that an abort inside llama.cpp ends
+Run as a child process by the metadata fuzz (`pysparsek.measure.metafuzz`), so that an abort inside llama.cpp ends
 this process only. The model is loaded through `llm.load` on the patched library with no Sparse-K setting passed
 and pysparsek's own metadata check off (the point is what llama.cpp does with the file), then a prompt is evaluated
 in small ubatches and a few tokens are decoded one at a time, so the settings run in the graph (prompt rows longer
