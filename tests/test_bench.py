@@ -282,7 +282,8 @@ def test_the_closing_lines_compare_each_setting_with_each_quantized_cache(kl: tu
     lines = [line for line in text.splitlines() if "K/V cache?" in line]
     assert len(lines) == 1, text
     assert lines[0].startswith("  K=64 group") and "than a q4_0 K/V cache? " + answer in lines[0]
-    assert f"{words[0]} in decode ({tg[0]:.2f}× vs {tg[1]:.2f}× dense) at {words[1]} quality loss" in lines[0]
+    assert f"{words[0]} in decode ({tg[0]:.2f}× vs {tg[1]:.2f}× dense at depth 8192) at {words[1]} quality loss" \
+        in lines[0]
     assert "dense, q4_0 cache: decode (tg32)" in text
 
 
@@ -296,3 +297,37 @@ def test_quality_rows_of_quantized_caches_round_trip_and_print() -> None:
     assert results.BenchResult.from_json(doc) == r
     assert "dense q4_0 cache" in tables.quality_table(r)
     assert "dense, q4_0 K/V cache" in tables.speed_table(r)
+
+
+def test_quantized_caches_can_run_at_their_own_depths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pysparsek.measure import speed
+
+    seen: list[list[str]] = []
+
+    class Done:
+        stdout = "[]"
+
+    def fake_run(cmd: list[str], **_: object) -> Done:
+        seen.append(cmd)
+        return Done()
+
+    class FakeBuild:
+        def tool(self, name: str) -> Path:
+            return Path("/bin") / name
+
+    monkeypatch.setattr(speed, "run", fake_run)
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, SparsekSettings(top_k=64)], rounds=1, n_prompt=8,
+                      n_gen=4, depths=[0, 8192], cache_types=("q4_0",), cache_depths=[0, 2048])
+    assert [c[c.index("-d") + 1] for c in seen] == ["0,8192", "0,2048"]
+
+
+def test_the_verdict_compares_at_the_deepest_depth_both_were_measured() -> None:
+    import dataclasses
+
+    from pysparsek.report import tables
+
+    r = _result(0.03, 0.06, 2.0, 0.5)
+    deep = dataclasses.replace(r.speed.sparse[0], depth=16384, ratio=3.0)
+    r = dataclasses.replace(r, speed=dataclasses.replace(r.speed, sparse=[*r.speed.sparse, deep]))
+    line = next(x for x in tables.headline(r).splitlines() if "K/V cache?" in x)
+    assert "(2.00× vs 0.50× dense at depth 8192)" in line

@@ -160,7 +160,8 @@ def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOpt
                         depths=args.depths, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps,
                         rounds=args.rounds, backend=args.backend, quiet=args.quiet or args.json,
                         skip_speed=args.skip_speed, regime=regime, prompt_tokens=args.prompt_tokens,
-                        decode_tokens=args.decode_tokens, rpc=args.rpc or "", cache_types=args.cache_types)
+                        decode_tokens=args.decode_tokens, rpc=args.rpc or "", cache_types=args.cache_types,
+                        cache_depths=args.cache_depths)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -337,6 +338,8 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-types", type=cache_type_list, default=["q8_0", "q4_0"], metavar="q8_0,q4_0|none",
                    help="also measure dense with a quantized K/V cache of each type (-ctk T -ctv T), what users pick "
                         "instead of Sparse-K, in the same tables (default: q8_0,q4_0)")
+    p.add_argument("--cache-depths", type=depth_list, help="depths of the quantized caches' speed runs (default: "
+                   "--depths; on a CPU, filling a q4_0 cache to depth 8192 can take many minutes)")
     p.add_argument("-c", "--ctx-size", type=_positive, default=512, help="perplexity context (default: 512)")
     p.add_argument("--chunks", type=_positive, default=8, help="perplexity chunks (default: 8)")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")

@@ -127,7 +127,8 @@ def measure_speed(o: BenchOptions, patched: builds.Build) -> list[speed.Measurem
     ngl, remote = remote_args(o)
     meas = speed.interleaved(patched, o.model, configs, rounds=o.rounds, n_prompt=o.n_prompt, n_gen=o.n_gen,
                              depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn, ngl=ngl,
-                             progress=step, extra=remote, cache_types=tuple(o.cache_types))
+                             progress=step, extra=remote, cache_types=tuple(o.cache_types),
+                             cache_depths=o.cache_depths)
     bar.update()
     bar.close()
     return meas

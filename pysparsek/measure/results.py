@@ -43,6 +43,7 @@ class BenchOptions:
     decode_tokens: int = 256     # decode regime: tokens decoded one at a time per chunk
     rpc: str = ""                # HOST:PORT[,...]: the patched runs put their layers on these ggml-rpc-servers
     cache_types: list[str] = field(default_factory=list)  # dense with these quantized K/V caches, for comparison
+    cache_depths: list[int] | None = None   # depths of the quantized caches' speed runs (None: `depths`)
 
     def __post_init__(self) -> None:
         self.sparsek = self.sparsek.resolved().replace(top_k=None)

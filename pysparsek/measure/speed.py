@@ -136,9 +136,10 @@ def batches(configs: list[SparsekSettings]) -> list[Batch]:
 def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, rounds: int, n_prompt: int, n_gen: int,
                 depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
                 progress: Callable[[str], None] | None = None, extra: tuple[str, ...] = (),
-                cache_types: tuple[str, ...] = ()) -> list[Measurement]:
+                cache_types: tuple[str, ...] = (), cache_depths: list[int] | None = None) -> list[Measurement]:
     """`rounds` passes over all configs; within a pass dense and every K run in turn, then dense with each
-    quantized K/V cache of `cache_types` (one llama-bench process each: its cache is filled in its own type).
+    quantized K/V cache of `cache_types` (one llama-bench process each: its cache is filled in its own type, at
+    `cache_depths`, default `depths`: on a CPU filling a quantized cache to a long depth can take many minutes).
 
     Dense and the Ks of one mode share one llama-bench process per pass, so the KV cache at each depth is filled
     once (densely) and restored for the other runs (llama-bench's own depth cache): decode and prompt speed at a
@@ -152,7 +153,8 @@ def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, ro
         for b, cache_type in runs:
             if progress:
                 progress(f"round {r + 1}/{rounds}: " + (b.label if cache_type == F16 else f"dense, cache {cache_type}"))
-            for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
+            run_depths = depths if cache_type == F16 or cache_depths is None else cache_depths
+            for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=run_depths,
                                   reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl,
                                   extra=extra + cache_flags(cache_type)):
                 config = record_config(rec)

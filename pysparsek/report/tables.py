@@ -60,7 +60,7 @@ def _ratio(rows: list[SpeedRow], kind: str) -> SpeedRow | None:
 
 def verdict(r: BenchResult, sparse: list[SpeedRow], cache: list[SpeedRow], cache_type: str) -> str:
     """One sentence: is this Sparse-K setting faster in decode at less quality loss (KL) than dense with a
-    quantized K/V cache of this type?"""
+    quantized K/V cache of this type? Speed at the deepest depth both were measured at."""
     s_tg, c_tg = _ratio(sparse, "tg"), _ratio(cache, "tg")
     s_q, c_q = _quality(r, sparse[0]), _quality(r, cache[0])
     if s_tg is None or c_tg is None or s_q is None or c_q is None or s_q.kl_mean is None or c_q.kl_mean is None:
@@ -69,8 +69,8 @@ def verdict(r: BenchResult, sparse: list[SpeedRow], cache: list[SpeedRow], cache
     less = "less" if s_q.kl_mean < c_q.kl_mean else "more"
     answer = "yes" if faster == "faster" and less == "less" else "no"
     return (f"faster at less quality loss than a {cache_type} K/V cache? {answer}: {faster} in decode "
-            f"({s_tg.ratio:.2f}× vs {c_tg.ratio:.2f}× dense) at {less} quality loss (KL {s_q.kl_mean:.4f} vs "
-            f"{c_q.kl_mean:.4f})")
+            f"({s_tg.ratio:.2f}× vs {c_tg.ratio:.2f}× dense at depth {s_tg.depth}) at {less} quality loss "
+            f"(KL {s_q.kl_mean:.4f} vs {c_q.kl_mean:.4f})")
 
 
 def headline(r: BenchResult) -> str:
@@ -93,11 +93,19 @@ def headline(r: BenchResult) -> str:
         q = _quality(r, group[0])
         quality = f"; PPL {q.delta_ppl_pct:+.2f} %, KL {_num(q.kl_mean, '.4f')}" if q else ""
         lines.append(f"  {label}: " + ", ".join(parts) + quality)
-    caches = {g[0].cache_type: g for g in by_setting.values() if g[0].cache_type != "f16"}
     for label, group in by_setting.items():
-        if group[0].top_k:
-            for cache_type, cache in caches.items():
-                lines.append(f"  {label}: {verdict(r, group, cache, cache_type)}")
+        if not group[0].top_k:
+            continue
+        for cache_type in r.options.cache_types:
+            cache = [s for s in rows if s.cache_type == cache_type]
+            common = [d for d in {s.depth for s in cache} if any(s.depth == d for s in rows
+                                                                 if s.label == label)]
+            if not common:
+                lines.append(f"  {label}: vs a {cache_type} cache: not measured")
+                continue
+            at = max(common)
+            lines.append(f"  {label}: " + verdict(r, [s for s in rows if s.label == label and s.depth == at],
+                                                  [s for s in cache if s.depth == at], cache_type))
     return "\n".join(lines)
 
 
