@@ -42,6 +42,9 @@ def test_the_sample_covers_both_outcomes_and_every_head_size() -> None:
     assert sum(e.refused_by is None for e in expected) >= 5
     assert sum(e.refused_by is not None for e in expected) >= 5
     assert {c.head_dim for c in cases} == {16, 32, 48}
+    # mutations meet Sparse-K running: K on with a score copy, and with the decode-only policy
+    on = [e.settings for e in expected if e.settings is not None and e.settings.top_k]
+    assert sum(s.score_type != "none" for s in on) >= 3 and sum(bool(s.max_ubatch) for s in on) >= 3
 
 
 @pytest.mark.parametrize(("case", "refused_by"), [

@@ -1,9 +1,10 @@
 """Fuzzing the Sparse-K GGUF keys: seeded cases of mutated metadata, what loading them must do, and the check.
 
-A `Case` is a tiny random-weight model (`pysparsek.data.tiny_model`, head size 32, 48 or 16) plus 1-4 keys under
-`<arch>.attention.sparsek.` (or near it: another architecture, an unknown or misspelled name) with any GGUF value
-type and edge values (0, 1, block-sized, INT32_MAX, UINT32_MAX, 2^64-1, negative, NaN, unknown strings, strings
-with a NUL or invalid UTF-8, arrays). `expect` states, independently of the loader, what the documented rule says
+A `Case` is a tiny random-weight model (`pysparsek.data.tiny_model`, head size 32, 48 or 16) plus, half the time,
+a working Sparse-K setting (small K), and 1-4 mutated keys under `<arch>.attention.sparsek.` (or near it: another
+architecture, an unknown or misspelled name) with any GGUF value type and edge values (0, 1, block-sized,
+INT32_MAX, UINT32_MAX, 2^64-1, negative, NaN, unknown strings, strings with a NUL or invalid UTF-8, arrays).
+`expect` states, independently of the loader, what the documented rule says
 (README "Settings"): the int keys are uint32 (top_k, window, stride and sinks at most INT32_MAX), mode and
 score_type are exactly one of their names, a quantized score type needs a head size that is a multiple of 32;
 anything else under the prefix is not a Sparse-K key and is ignored. Then a model either loads with exactly those
@@ -32,7 +33,7 @@ from typing import Any
 import gguf
 
 from pysparsek.data import tiny_model
-from pysparsek.sparsek.settings import BY_NAME, FIELDS, SparsekSettings
+from pysparsek.sparsek.settings import BY_NAME, FIELDS, MODES, SCORE_TYPES, SparsekSettings
 
 T = gguf.GGUFValueType
 PREFIX = f"{tiny_model.ARCH}.attention.sparsek."
@@ -111,11 +112,25 @@ def _value(rng: random.Random, name: str) -> tuple[gguf.GGUFValueType, Any, gguf
     return vtype, rng.choice(edges), None
 
 
+def _working(rng: random.Random) -> dict[str, Entry]:
+    """A valid setting with Sparse-K on (small K, any mode, score type and policy), for mutations to start from."""
+    values: dict[str, tuple[gguf.GGUFValueType, Any]] = {
+        "top_k": (T.UINT32, rng.choice([1, 2, 4, 8, 16, 32, 64])),
+        "mode": (T.STRING, rng.choice(MODES)),
+        "score_type": (T.STRING, rng.choice(SCORE_TYPES)),
+        "window": (T.UINT32, rng.choice([0, 4, 64])),
+        "sinks": (T.UINT32, rng.choice([0, 4])),
+        "max_ubatch": (T.UINT32, rng.choice([0, 1, 8])),
+    }
+    return {PREFIX + n: Entry(PREFIX + n, t, v) for n, (t, v) in values.items()}
+
+
 def generate(seed: int) -> Case:
-    """One case from its seed (the same seed gives the same case everywhere)."""
+    """One case from its seed (the same seed gives the same case everywhere): half the time a working setting
+    with 1-3 keys mutated, else 1-4 mutated keys alone."""
     rng = random.Random(seed)
-    entries: dict[str, Entry] = {}
-    for _ in range(rng.randint(1, 4)):
+    entries: dict[str, Entry] = _working(rng) if rng.random() < 0.5 else {}
+    for _ in range(rng.randint(1, 3 if entries else 4)):
         roll = rng.random()
         if roll < 0.8:
             name, key = (n := rng.choice([f.name for f in FIELDS])), PREFIX + n
