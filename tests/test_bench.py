@@ -36,7 +36,7 @@ def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_bui
     # `model` fetches the default model first, so its one-time download line is not part of this output
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n")
-    proc = _run("bench", "--text", str(short), "-c", "256", "--skip-speed", "--quiet")
+    proc = _run("bench", "--text", str(short), "-c", "256", "--exact", "--skip-speed", "--quiet")
     assert proc.returncode == 2
     assert "is too short: llama-perplexity needs at least 512 tokens" in proc.stderr
     assert proc.stderr.count("\n") == 1
@@ -58,9 +58,10 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
 @pytest.mark.slow
 def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_build, short_text: Path) -> None:
     out = tmp_path / "report"
+    # --exact: head mode, nothing else kept, prompt-regime quality; no quantized-cache rows
     proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "-c", "128", "--chunks", "2", "--depths",
                 "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--rounds", "2", "-t", "2", "--quiet",
-                "--out", str(out))
+                "--exact", "--cache-types", "none", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
         assert (out / name).is_file(), name
@@ -96,7 +97,8 @@ def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_p
     out = tmp_path / "report"
     proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
                 "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
-                "--reps", "1", "--rounds", "1", "-t", "2", "--quiet", "--out", str(out))
+                "--reps", "1", "--rounds", "1", "-t", "2", "--quiet", "--exact", "--cache-types", "none",
+                "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
     want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
