@@ -52,6 +52,7 @@ def main() -> int:
     expected = collections.Counter("refused" if v.expected.refused_by else "loaded" for v in verdicts)
     python = collections.Counter(v.python_kind for v in verdicts)
     failed = [v for v in verdicts if v.problems]
+    on = [v.outcome.settings for v in verdicts if v.outcome.settings is not None and v.outcome.settings.top_k]
     doc = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine.describe(), "loadavg_before": load_before, "loadavg_after": load_after,
            "patch_series_sha256": patches.series_hash(), "first_seed": args.seed, "cases": args.cases,
@@ -69,8 +70,9 @@ def main() -> int:
         f"{machine.one_line(doc['machine'])}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         f"(shared machine); {elapsed:.0f} s; patch series {doc['patch_series_sha256'][:12]}.",
         "",
-        "Each case: a tiny random-weight Llama (head size 32, 48 or 16) with 1-4 mutated keys under "
-        "`llama.attention.sparsek.` (or near it), loaded by the patched llama.cpp through `llm.load` in a child "
+        "Each case: a tiny random-weight Llama (head size 32, 48 or 16), half the time with a working Sparse-K "
+        "setting, and 1-4 mutated keys under `llama.attention.sparsek.` (or near it), loaded by the patched "
+        "llama.cpp through `llm.load` in a child "
         "process (`pysparsek.sparsek.load_probe`, glibc heap checks on), a prompt evaluated in ubatches of 16 and 4 "
         "tokens decoded; then `meta.read` on the same file. Checked against the documented rule "
         "(`pysparsek.measure.metafuzz.expect`).",
@@ -80,6 +82,9 @@ def main() -> int:
         *[f"| llama.cpp: {k} | {n} |" for k, n in sorted(kinds.items())],
         *[f"| expected: {k} | {n} |" for k, n in sorted(expected.items())],
         *[f"| meta.read: {k} | {n} |" for k, n in sorted(python.items())],
+        f"| loaded with Sparse-K on (top_k > 0) | {len(on)} |",
+        f"| ... with a score copy / with the decode-only policy | {sum(s.score_type != 'none' for s in on)} / "
+        f"{sum(bool(s.max_ubatch) for s in on)} |",
         f"| **cases disagreeing with the rule, crashed or hung** | **{len(failed)}** |",
         "",
         "Refusals expected, by the key that is why:",
