@@ -64,7 +64,7 @@ def test_server_answers_with_sparsek_and_reports_it(patched_build: builds.Build,
     """Started through `pysparsek serve`; a ~400-token passkey prompt, so K=64 really drops cells."""
     port = _free_port()
     cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--mode", "group", "--sinks", "4",
-           "--port", str(port), "-c", "1024", "-t", "2", "--", "--parallel", "1"]
+           "--exact", "--port", str(port), "-c", "1024", "-t", "2", "--", "--parallel", "1"]
     log = tmp_path / "server.log"
     with _serving(cmd, log, port) as client:
         props = client.get("/props").json()
@@ -105,13 +105,16 @@ def test_server_refuses_bad_settings(patched_build: builds.Build, model: Path, f
 
 def test_server_with_a_q4_0_copy_and_the_decode_only_policy(patched_build: builds.Build, model: Path,
                                                              tmp_path: Path) -> None:
-    """`--score-type q4_0 --max-ubatch 1`: /props reports both, and the answer still recalls the key."""
+    """`serve --topk 64` alone is the recommended deployment (group, window 64, sinks 4, q4_0 copy, decode-only
+    policy): /props reports it, and the answer still recalls the key."""
+    from pysparsek.sparsek.recommended import RECOMMENDED
+
     port = _free_port()
-    cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--mode", "group", "--sinks", "4",
-           "--score-type", "q4_0", "--max-ubatch", "1", "--port", str(port), "-c", "1024", "-t", "2", "--",
-           "--parallel", "1"]
+    cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--port", str(port), "-c", "1024",
+           "-t", "2", "--", "--parallel", "1"]
     with _serving(cmd, tmp_path / "server.log", port) as client:
         sk = client.get("/props").json()["sparsek"]
+        assert SparsekSettings.from_mapping(sk) == RECOMMENDED.replace(top_k=64).resolved()
         assert (sk["score_type"], sk["max_ubatch"], sk["top_k"]) == ("q4_0", 1, 64)
         r = client.post("/v1/completions", json={"prompt": passkey.prompt(n_junk=20, i_pos=7, key=48213),
                                                  "max_tokens": 8, "temperature": 0, "seed": 1})

@@ -42,6 +42,8 @@ class BenchOptions:
     prompt_tokens: int = 1024    # decode regime: dense prompt per chunk
     decode_tokens: int = 256     # decode regime: tokens decoded one at a time per chunk
     rpc: str = ""                # HOST:PORT[,...]: the patched runs put their layers on these ggml-rpc-servers
+    cache_types: list[str] = field(default_factory=list)  # dense with these quantized K/V caches, for comparison
+    cache_depths: list[int] | None = None   # depths of the quantized caches' speed runs (None: `depths`)
 
     def __post_init__(self) -> None:
         self.sparsek = self.sparsek.resolved().replace(top_k=None)
@@ -88,6 +90,12 @@ class QualityRow:
     kl_stderr: float | None
     top1_agreement_pct: float | None
     score_type: str | None = None       # decode regime
+    cache_type: str = "f16"             # K/V cache type; a row with top_k 0 is dense with a quantized cache
+
+    @property
+    def label(self) -> str:
+        return (str(self.top_k) if self.top_k else "dense") + ("" if self.cache_type == "f16"
+                                                               else f" {self.cache_type} cache")
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ class Quality:
             d = dataclasses.asdict(r)
             if r.score_type is None:
                 del d["score_type"]
+            if r.cache_type == "f16":
+                del d["cache_type"]
             return d
 
         out: dict[str, Any] = {"regime": self.regime} if self.regime != "prompt" else {}
@@ -144,10 +154,15 @@ class SpeedRow:
     ratio_min: float
     ratio_max: float
     samples_ts: list[float]
+    cache_type: str = "f16"     # K/V cache type; a row with top_k 0 is dense with a quantized cache
 
     @property
     def top_k(self) -> int:
         return int(self.settings.top_k or 0)
+
+    @property
+    def label(self) -> str:
+        return self.settings.label + ("" if self.cache_type == "f16" else f", {self.cache_type} cache")
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

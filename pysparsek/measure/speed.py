@@ -27,6 +27,8 @@ def canonical(s: SparsekSettings) -> SparsekSettings:
 
 
 DENSE = SparsekSettings.off()
+F16 = "f16"                # llama.cpp's default K/V cache type; the others are what users pick instead of Sparse-K
+CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Measurement:
     config: SparsekSettings  # canonical()
     test: str          # "pp512" or "tg32"
     depth: int
+    cache_type: str = F16    # K and V cache type (-ctk/-ctv)
     samples_ts: list[float] = field(default_factory=list)  # one mean tokens/s per round
     records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -68,6 +71,20 @@ def test_name(record: dict[str, Any]) -> str:
 def record_config(record: dict[str, Any]) -> SparsekSettings:
     """The configuration a llama-bench record says ran."""
     return canonical(SparsekSettings.from_bench_record(record))
+
+
+def record_cache_type(record: dict[str, Any]) -> str:
+    """The K/V cache type a llama-bench record says ran (K and V are always set alike here)."""
+    k, v = str(record.get("type_k", F16)), str(record.get("type_v", F16))
+    if k != v:
+        raise SpeedError(f"llama-bench ran K cache {k} with V cache {v}; pysparsek sets both alike")
+    return k
+
+
+def cache_flags(cache_type: str) -> tuple[str, ...]:
+    if cache_type not in CACHE_TYPES:
+        raise SpeedError(f"unknown K/V cache type {cache_type!r}; choose one of {', '.join(CACHE_TYPES)}")
+    return () if cache_type == F16 else ("-ctk", cache_type, "-ctv", cache_type)
 
 
 # llama-bench sweeps these within one process; a change of any other field starts another process
@@ -118,28 +135,35 @@ def batches(configs: list[SparsekSettings]) -> list[Batch]:
 
 def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, rounds: int, n_prompt: int, n_gen: int,
                 depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
-                progress: Callable[[str], None] | None = None, extra: tuple[str, ...] = ()) -> list[Measurement]:
-    """`rounds` passes over all configs; within a pass dense and every K run in turn.
+                progress: Callable[[str], None] | None = None, extra: tuple[str, ...] = (),
+                cache_types: tuple[str, ...] = (), cache_depths: list[int] | None = None) -> list[Measurement]:
+    """`rounds` passes over all configs; within a pass dense and every K run in turn, then dense with each
+    quantized K/V cache of `cache_types` (one llama-bench process each: its cache is filled in its own type, at
+    `cache_depths`, default `depths`: on a CPU filling a quantized cache to a long depth can take many minutes).
 
     Dense and the Ks of one mode share one llama-bench process per pass, so the KV cache at each depth is filled
     once (densely) and restored for the other runs (llama-bench's own depth cache): decode and prompt speed at a
     depth do not depend on how the cache was filled, and the fill dominates the run time at long depths.
     """
-    results: dict[tuple[SparsekSettings, str, int], Measurement] = {}
+    results: dict[tuple[SparsekSettings, str, int, str], Measurement] = {}
     wanted = {canonical(c) for c in configs}
+    runs = [(b, F16) for b in batches(configs)] + [(Batch(DENSE.replace(top_k=None, score_type=None), (0,), ("none",)),
+                                                    t) for t in cache_types if t != F16]
     for r in range(rounds):
-        for b in batches(configs):
+        for b, cache_type in runs:
             if progress:
-                progress(f"round {r + 1}/{rounds}: {b.label}")
-            for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
-                                  reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl, extra=extra):
+                progress(f"round {r + 1}/{rounds}: " + (b.label if cache_type == F16 else f"dense, cache {cache_type}"))
+            run_depths = depths if cache_type == F16 or cache_depths is None else cache_depths
+            for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=run_depths,
+                                  reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl,
+                                  extra=extra + cache_flags(cache_type)):
                 config = record_config(rec)
-                if config not in wanted:
+                if config not in wanted and cache_type == F16:
                     if len(b.score_types) > 1 and int(rec["sparsek_topk"]) in b.top_ks:
                         continue  # a K × score-type combination of the sweep that was not asked for
                     raise SpeedError(f"llama-bench reported a run nobody asked for: {config.label}")
-                key = (config, test_name(rec), int(rec["n_depth"]))
-                m = results.setdefault(key, Measurement(config, key[1], key[2]))
+                key = (config, test_name(rec), int(rec["n_depth"]), record_cache_type(rec))
+                m = results.setdefault(key, Measurement(config, key[1], key[2], key[3]))
                 m.samples_ts.append(float(rec["avg_ts"]))
                 m.records.append(rec)
     return list(results.values())
@@ -154,24 +178,30 @@ class Ratio:
     dense_ts: float
     ratio: float          # median of per-round ratios (sparse / dense, same round)
     spread: tuple[float, float]  # min and max per-round ratio
+    cache_type: str = F16
+
+    @property
+    def label(self) -> str:
+        return self.config.label + ("" if self.cache_type == F16 else f", cache {self.cache_type}")
 
 
 def ratios(measurements: list[Measurement]) -> list[Ratio]:
-    dense = {(m.test, m.depth): m for m in measurements if m.config.top_k == 0}
+    """Every run but dense (f16 cache) against dense in the same round."""
+    dense = {(m.test, m.depth): m for m in measurements if m.config.top_k == 0 and m.cache_type == F16}
     out = []
     for m in measurements:
         d = dense.get((m.test, m.depth))
-        if d is None:
+        if d is None or m is d:
             continue
         per_round = [s / b for s, b in zip(m.samples_ts, d.samples_ts, strict=False)]
         out.append(Ratio(m.config, m.test, m.depth, m.median_ts, d.median_ts, statistics.median(per_round),
-                         (min(per_round), max(per_round))))
+                         (min(per_round), max(per_round)), m.cache_type))
     return out
 
 
 def table(rows: list[Ratio]) -> str:
     lines = [f"{'config':<28} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} {'spread':>15}"]
     for r in sorted(rows, key=lambda r: (r.test, r.depth, r.config.top_k, r.config.mode)):
-        lines.append(f"{r.config.label:<28} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
+        lines.append(f"{r.label:<28} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
                      f"{r.ratio:>7.3f} {r.spread[0]:>7.3f}-{r.spread[1]:<7.3f}")
     return "\n".join(lines)
