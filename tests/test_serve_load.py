@@ -15,6 +15,7 @@ import pytest
 from pysparsek.data import corpus
 from pysparsek.llamacpp import build as builds
 from pysparsek.measure import load, server
+from pysparsek.proc import free_port
 from pysparsek.sparsek.recommended import RECOMMENDED
 from pysparsek.sparsek.settings import SparsekSettings
 
@@ -74,7 +75,7 @@ def test_agreement_and_summary_count_failures_and_divergences() -> None:
 @contextlib.contextmanager
 def _server(patched: builds.Build, model: Path, tmp_path: Path, config: server.ServerConfig,
             name: str = "server") -> Iterator[tuple[server.RunningServer, httpx.Client]]:
-    port = server.free_port()
+    port = free_port()
     cmd = server.command(patched.tool("llama-server"), model, config, port)
     with server.serving(cmd, tmp_path / f"{name}.log", port) as srv, \
             httpx.Client(base_url=srv.url, timeout=300.0) as client:

@@ -13,6 +13,7 @@ import httpx
 
 from pysparsek.measure import load, server
 from pysparsek.measure.cpuload import CpuLoad, CpuMeter
+from pysparsek.proc import free_port
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def slot_ctx(client: httpx.Client) -> int:
 
 def measure(name: str, binary: Path, model: Path, config: server.ServerConfig, requests: Sequence[load.Request],
             clients: int, log: Path, *, alone: bool = True, warmup: load.Request | None = None) -> ConfigResult:
-    port = server.free_port()
+    port = free_port()
     with server.serving(server.command(binary, model, config, port), log, port) as srv, \
             httpx.Client(base_url=srv.url, timeout=60.0) as client:
         sk = server.props(client).get("sparsek", {})

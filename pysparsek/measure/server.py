@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,12 +20,6 @@ from pysparsek.sparsek.settings import SparsekSettings
 
 class ServerError(UserError, RuntimeError):
     """The server did not start, died, or did not stop cleanly."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
