@@ -9,6 +9,9 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
+  fused_harness  the one-launch experiment of issue #18 (scripts/cuda/sparsek_fused_harness.cu): GROUP's decode
+          selection scoring the q4_0 copy itself and writing sparse flash attention's gather list; checked against a
+          CPU reference, timed for the copy's layout today and head-major
   score_harness  the scoring experiment of issue #18 (scripts/cuda/sparsek_score_harness.cu): how fast the blocks
           that select could score a row from the q4_0 copy of K themselves; checked against a CPU reference
   split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
@@ -379,6 +382,7 @@ def step_split(a: argparse.Namespace) -> None:
 
 HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
 SCORE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_score_harness.cu"
+FUSED_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_fused_harness.cu"
 
 
 def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
@@ -407,6 +411,15 @@ def step_score_harness(a: argparse.Namespace) -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     run_harness(a, work / "sparsek_score_harness", [str(SCORE_HARNESS)])
+
+
+def step_fused_harness(a: argparse.Namespace) -> None:
+    """The one-launch score + select + gather list experiment (scripts/cuda/sparsek_fused_harness.cu), built against
+    the patched tree's ggml-cuda helpers (sparsek-cluster.cuh)."""
+    work = unpack(a)
+    ggml = tree(work, "patched") / "ggml"
+    run_harness(a, work / "sparsek_fused_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
+                                                    f"-I{ggml / 'src' / 'ggml-cuda'}", str(FUSED_HARNESS)])
 
 
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
@@ -451,7 +464,7 @@ def step_ppl(a: argparse.Namespace) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "score_harness",
-                                     "split", "all"])
+                                     "fused_harness", "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")

@@ -1,0 +1,764 @@
+// Experiment for issue #18 (not used by llama.cpp yet): the decode selection of GROUP mode in ONE launch that scores the
+// cells itself from the q4_0 copy of K and writes the gather list that sparse flash attention reads, instead of
+// today's four launches (q -> q8_1, mul_mat_vec_q of the copy, sparsek_select_cluster writing a mask row, and the
+// mask -> index compaction in fattn.cu, two launches).
+//
+// One row = one KV head; a row is one thread-block cluster (sm_90), each block holds a chunk of the row's cells:
+//   1. quantizes the H query heads of the KV head to 8 bits per 32 values (as the CPU reference does, same floats),
+//   2. scores its cells from the copy (one thread a cell, 8-byte loads of the cell's q4_0 blocks; integer dot
+//      products, then fmaf in a fixed order: the CPU reference computes the same floats), logits into shared memory,
+//   3. per head (max, sum of exp) over its cells, merged over the cluster in rank order -> the same log-sum-exp in
+//      every block; pooled key of a cell = max over heads of (logit - lse), as sparsek_select_cluster,
+//   4. the threshold bin of the distance below the row's largest key (histograms merged through distributed shared
+//      memory), its candidates ranked on chip (key descending, index ascending), as sparsek_select_cluster,
+//   5. writes the kept cells (top_k, plus window/sinks of `keep`) as an ascending index list padded with -1 to n_kv_max,
+//      and the count, in the layout of fattn.cu's compaction.
+// Rows whose threshold bin holds more than SPARSEK_CL_CAND cells would take the radix levels of sparsek_select_cluster;
+// this harness reports them (none occur with continuous scores) instead of handling them.
+//
+// Checked against a CPU reference (same quantization and float order for the scores, log-sum-exp in double: a cell
+// whose pooled score is within 1e-4 of the threshold may differ); timed with the copy L2-warm and cold, for the copy as
+// the cache stores it today (a cell's row holds every KV head) and head-major (a KV head's cells contiguous).
+//
+//   nvcc -O2 -std=c++17 -arch=sm_90 -I<tree>/ggml/include -I<tree>/ggml/src -I<tree>/ggml/src/ggml-cuda \
+//        scripts/cuda/sparsek_fused_harness.cu -o sparsek_fused_harness && ./sparsek_fused_harness
+//
+// (scripts/gpu_bench.py fused_harness does that on the lent GPU.) Exit code 1 if a check fails.
+
+#include "common.cuh"
+#include "sparsek-cluster.cuh"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#define CHECK(...) do { cudaError_t e_ = (__VA_ARGS__); if (e_ != cudaSuccess) { \
+    fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #__VA_ARGS__, cudaGetErrorString(e_)); exit(2); } } while (0)
+
+constexpr int D  = 128;  // head size
+constexpr int QB = D/32; // q4_0 blocks per head
+constexpr int BQ = 18;   // bytes per q4_0 block
+constexpr int NT = SPARSEK_CL_BLOCK;
+constexpr int NW = NT/WARP_SIZE;
+#define FUSED_MAX_CHUNK 16384 // cells a block holds at most
+
+__device__ long long fused_trace[16];
+#define FMARK(i) do { if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) { fused_trace[i] = clock64(); } } while (0)
+
+struct fused_params {
+    int64_t n_kv;
+    int64_t chunk;
+    int64_t cell_stride;  // bytes between cells of the copy
+    int64_t head_stride;  // bytes between KV heads of the copy
+    int     top_k;
+    int     n_kv_max;
+    float   scale;
+};
+
+// the query of H heads quantized per 32 values (as quantize_row_q8_0 rounds, with correctly rounded float ops):
+// w[h][b][8] int8x4 words (word w < 4: elements 4w..4w+3, the low nibbles' partners; w >= 4: 16 + 4(w-4)..),
+// d[h][b] the scale, m[h][b] = -8*d*sum (the q4_0 offset of 8 folded in)
+template <int H>
+struct q8_query {
+    int   w[H][QB][8];
+    float d[H][QB];
+    float m[H][QB];
+};
+
+static __device__ __forceinline__ uint32_t u32_of(const uint32_t * u, const int byte) {
+    return (byte % 4 == 0) ? u[byte/4] : __funnelshift_r(u[byte/4], u[byte/4 + 1], 8*(byte % 4));
+}
+
+static __device__ __forceinline__ void barrier_cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+static __device__ __forceinline__ void barrier_cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// dynamic shared memory: H*chunk logits (the keys overwrite the first chunk of them), then the candidates
+static size_t fused_dyn_smem(int H, int64_t chunk) {
+    return size_t(H)*chunk*sizeof(float) + 2*SPARSEK_CL_CAND*(sizeof(uint32_t) + sizeof(int));
+}
+
+template <int H>
+__launch_bounds__(NT, 1)
+static __global__ void sparsek_fused_q4_0(
+        const uint8_t * __restrict__ kc, const float * __restrict__ q, const half * __restrict__ mask,
+        const half * __restrict__ keep, int32_t * __restrict__ list, int32_t * __restrict__ counts,
+        int * __restrict__ fallback, const fused_params p) {
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    const int rank  = cluster.block_rank();
+    const int nrank = cluster.num_blocks();
+    const int tid   = threadIdx.x;
+    const int warp  = tid / WARP_SIZE;
+    const int lane  = tid % WARP_SIZE;
+    const int row   = blockIdx.y;
+
+    extern __shared__ float lg_s[]; // [H][chunk]; keys_s aliases the first chunk; then the candidates
+    uint32_t * keys_s   = (uint32_t *) lg_s;
+    uint32_t * cand_key = (uint32_t *) (lg_s + H*p.chunk);
+    int      * cand_idx = (int *) (cand_key + SPARSEK_CL_CAND);
+    uint32_t * all_key  = (uint32_t *) (cand_idx + SPARSEK_CL_CAND);
+    int      * all_idx  = (int *) (all_key + SPARSEK_CL_CAND);
+
+    __shared__ q8_query<H> qq;
+    __shared__ float  xq[H*D];
+    __shared__ int    histd[2048];
+    __shared__ int    supd[64];
+    __shared__ int    msup[64], mbin[32];
+    __shared__ float2 wpart[H][NW];
+    __shared__ float2 part_s[H];
+    __shared__ uint32_t allowed_bits[FUSED_MAX_CHUNK/32], kept_bits[FUSED_MAX_CHUNK/32];
+    __shared__ int    wscan[FUSED_MAX_CHUNK/32];
+    __shared__ float  lse_s[H];
+    __shared__ int    rank_s[SPARSEK_CL_MAX_SIZE];
+    __shared__ int    allowed_s, n_cand_s, kept_s, wcount[NW];
+    __shared__ uint32_t kmax_s;
+    __shared__ int    found_s[3];
+
+    const int64_t j0      = rank*p.chunk;
+    const int64_t n_cells = max(int64_t(0), min(p.n_kv, j0 + p.chunk) - j0);
+
+    for (int b = tid; b < 2048; b += NT) {
+        histd[b] = 0;
+        if (b < 64) { msup[b] = 0; }
+        if (b < 32) { mbin[b] = 0; }
+    }
+    if (tid == 0) {
+        allowed_s = 0;
+        n_cand_s  = 0;
+        kept_s    = 0;
+    }
+    for (int i = tid; i < H*D; i += NT) {
+        xq[i] = q[int64_t(row)*H*D + i];
+    }
+    __syncthreads();
+    FMARK(0);
+
+    // 1. the query, quantized by one thread per 32 values
+    if (tid < H*QB) {
+        const int h = tid / QB;
+        const int b = tid % QB;
+        const float * x = xq + h*D + b*32;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; ++i) {
+            amax = fmaxf(amax, fabsf(x[i]));
+        }
+        const float d  = __fdiv_rn(amax, 127.0f);
+        const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        int sum = 0;
+        for (int w = 0; w < 8; ++w) {
+            const int e0 = w < 4 ? 4*w : 16 + 4*(w - 4);
+            uint32_t word = 0;
+            for (int k = 0; k < 4; ++k) {
+                const int v = int(roundf(__fmul_rn(x[e0 + k], id)));
+                sum += v;
+                word |= uint32_t(uint8_t(int8_t(v))) << (8*k);
+            }
+            qq.w[h][b][w] = int(word);
+        }
+        qq.d[h][b] = d;
+        qq.m[h][b] = -8.0f*__fmul_rn(d, float(sum));
+    }
+    __syncthreads();
+    FMARK(1);
+
+    // 2. logits of this block's cells (-INF where the mask forbids), each head's running (max, sum of exp) per thread,
+    //    and a bit per cell that the mask allows it (a warp scores 32 consecutive cells: one word)
+    const uint8_t * base = kc + row*p.head_stride + j0*p.cell_stride;
+    float2 ms[H];
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        ms[h] = make_float2(-INFINITY, 0.0f);
+    }
+    for (int64_t c = tid; c - lane < n_cells; c += NT) {
+        const bool in = c < n_cells;
+        uint32_t u[QB*BQ/4];
+        const uint2 * src = (const uint2 *) (base + min(c, n_cells - 1)*p.cell_stride);
+#pragma unroll
+        for (int w = 0; w < QB*BQ/8; ++w) {
+            const uint2 x = __ldg(src + w);
+            u[2*w]     = x.x;
+            u[2*w + 1] = x.y;
+        }
+        const bool allowed = in && __half2float(mask[j0 + c]) != -INFINITY;
+        const uint32_t abits = __ballot_sync(0xFFFFFFFF, allowed);
+        if (lane == 0) {
+            allowed_bits[(c - lane)/32] = abits;
+        }
+        float acc[H];
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+            acc[h] = 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < QB; ++b) {
+            const uint32_t dw = u[(BQ*b)/4];
+            const float dk = __half2float(__ushort_as_half((unsigned short) ((BQ*b) % 4 == 0 ? (dw & 0xFFFF) : (dw >> 16))));
+            uint32_t v[4];
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                v[w] = u32_of(u, BQ*b + 2 + 4*w);
+            }
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+                const int4 qa = *(const int4 *) &qq.w[h][b][0];
+                const int4 qb = *(const int4 *) &qq.w[h][b][4];
+                int sumi = 0;
+                sumi = __dp4a(int(v[0] & 0x0F0F0F0F), qa.x, sumi);
+                sumi = __dp4a(int(v[1] & 0x0F0F0F0F), qa.y, sumi);
+                sumi = __dp4a(int(v[2] & 0x0F0F0F0F), qa.z, sumi);
+                sumi = __dp4a(int(v[3] & 0x0F0F0F0F), qa.w, sumi);
+                sumi = __dp4a(int((v[0] >> 4) & 0x0F0F0F0F), qb.x, sumi);
+                sumi = __dp4a(int((v[1] >> 4) & 0x0F0F0F0F), qb.y, sumi);
+                sumi = __dp4a(int((v[2] >> 4) & 0x0F0F0F0F), qb.z, sumi);
+                sumi = __dp4a(int((v[3] >> 4) & 0x0F0F0F0F), qb.w, sumi);
+                acc[h] = __fmaf_rn(dk, __fmaf_rn(qq.d[h][b], float(sumi), qq.m[h][b]), acc[h]);
+            }
+        }
+        if (in) {
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+                float l = __fmul_rn(p.scale, acc[h]);
+                l = allowed && !isnan(l) ? l : -INFINITY;
+                lg_s[h*p.chunk + c] = l;
+                if (l > ms[h].x) {
+                    ms[h].y = ms[h].y*expf(ms[h].x - l) + 1.0f; // exp(-INF) = 0 for the first
+                    ms[h].x = l;
+                } else if (l != -INFINITY) {
+                    ms[h].y += expf(l - ms[h].x);
+                }
+            }
+        }
+    }
+    FMARK(2);
+
+    // 3. the block's (max, sum) per head, merged over the cluster in rank order
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        float2 v = ms[h];
+#pragma unroll
+        for (int off = WARP_SIZE/2; off > 0; off >>= 1) {
+            const float2 o = make_float2(__shfl_xor_sync(0xFFFFFFFF, v.x, off), __shfl_xor_sync(0xFFFFFFFF, v.y, off));
+            v = sparsek_lse_combine(v, o);
+        }
+        if (lane == 0) {
+            wpart[h][warp] = v;
+        }
+    }
+    __syncthreads();
+    if (tid < H) {
+        float2 v = wpart[tid][0];
+        for (int w = 1; w < NW; ++w) {
+            v = sparsek_lse_combine(v, wpart[tid][w]);
+        }
+        part_s[tid] = v;
+    }
+    cluster.sync();
+    FMARK(3);
+    if (warp == 0) {
+        float best = -INFINITY;
+        for (int hh = lane; hh < H; hh += WARP_SIZE) {
+            float2 ms = *cluster.map_shared_rank(&part_s[hh], 0);
+            for (int r = 1; r < nrank; ++r) {
+                ms = sparsek_lse_combine(ms, *cluster.map_shared_rank(&part_s[hh], r));
+            }
+            const float lse = ms.x == -INFINITY ? INFINITY : ms.x + logf(ms.y);
+            lse_s[hh] = lse;
+            const float lp = __fsub_rn(ms.x, lse);
+            best = lp > best ? lp : best;
+        }
+        best = warp_reduce_max(best);
+        if (lane == 0) {
+            kmax_s = sparsek_key(best);
+        }
+    }
+    __syncthreads();
+    const uint32_t kmax = kmax_s;
+
+    // 4. pooled keys (0: forbidden), in place of the first head's logits; the distance histogram
+    int allowed = 0;
+    for (int64_t c = tid; c < n_cells; c += NT) {
+        float s = -INFINITY;
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+            const float lp = __fsub_rn(lg_s[h*p.chunk + c], lse_s[h]);
+            s = lp > s ? lp : s;
+        }
+        const bool ok = (allowed_bits[c/32] >> (c % 32)) & 1;
+        const uint32_t key = ok ? sparsek_key(s) : 0;
+        keys_s[c] = key;
+        allowed += ok;
+        sparsek_hist_add(histd, key != 0 ? sparsek_dbin(kmax, key) : 0, key != 0);
+    }
+    allowed = warp_reduce_sum(allowed);
+    if (lane == 0 && allowed > 0) {
+        atomicAdd(&allowed_s, allowed);
+    }
+    __syncthreads();
+    sparsek_cluster_group_sums<2048>(histd, supd);
+    cluster.sync();
+    FMARK(4);
+    if (tid < nrank) {
+        rank_s[tid] = *cluster.map_shared_rank(&allowed_s, tid);
+    }
+    __syncthreads();
+    int n_allowed = 0;
+    for (int r = 0; r < nrank; ++r) {
+        n_allowed += rank_s[r];
+    }
+
+    uint32_t bd = 0; // every allowed cell is kept when n_allowed <= top_k
+    if (n_allowed > p.top_k) {
+        sparsek_cluster_find<2048>(cluster, histd, supd, msup, mbin, found_s, p.top_k);
+        bd = found_s[0];
+        const int rem_d = found_s[1];
+        const int n_bd  = found_s[2];
+        FMARK(5);
+        if (n_bd > SPARSEK_CL_CAND) {
+            if (tid == 0 && rank == 0) {
+                atomicAdd(fallback, 1);
+            }
+            cluster.sync();
+            return;
+        }
+        for (int64_t c = tid; c < n_cells; c += NT) {
+            const uint32_t key = keys_s[c];
+            if (key != 0 && sparsek_dbin(kmax, key) == bd) {
+                const int slot = atomicAdd(&n_cand_s, 1);
+                cand_key[slot] = key;
+                cand_idx[slot] = int(j0 + c);
+            }
+        }
+        cluster.sync();
+        if (tid < nrank) {
+            rank_s[tid] = *cluster.map_shared_rank(&n_cand_s, tid);
+        }
+        __syncthreads();
+        for (int t = tid; t < n_bd; t += NT) {
+            int r   = 0;
+            int off = 0;
+            while (r < nrank - 1 && t >= off + rank_s[r]) {
+                off += rank_s[r];
+                r++;
+            }
+            all_key[t] = cluster.map_shared_rank(cand_key, r)[t - off];
+            all_idx[t] = cluster.map_shared_rank(cand_idx, r)[t - off];
+        }
+        cluster.sync();
+        FMARK(6);
+        const int n_own = n_cand_s;
+        for (int i = warp; i < n_own; i += NW) {
+            const uint32_t key = cand_key[i];
+            const int      idx = cand_idx[i];
+            int above = 0;
+            for (int t = lane; t < n_bd; t += WARP_SIZE) {
+                above += all_key[t] > key || (all_key[t] == key && all_idx[t] < idx);
+            }
+            above = warp_reduce_sum(above);
+            if (lane == 0) {
+                keys_s[idx - j0] = above < rem_d ? SPARSEK_CL_KEPT : SPARSEK_CL_DROP;
+            }
+        }
+        __syncthreads();
+    }
+    FMARK(7);
+
+    // 5. the kept cells as an ascending list: a bit per kept cell (a warp's 32 consecutive cells: one word), this
+    //    block's count, the earlier blocks' counts (distributed shared memory), then each word's cells in order
+    const int n_words = int((n_cells + 31)/32);
+    for (int64_t c = tid; c - lane < n_cells; c += NT) {
+        bool k = false;
+        if (c < n_cells) {
+            const uint32_t key = keys_s[c];
+            k = key != 0 && (n_allowed <= p.top_k || key == SPARSEK_CL_KEPT ||
+                (key > SPARSEK_CL_DROP && sparsek_dbin(kmax, key) > bd) ||
+                (keep && __half2float(keep[j0 + c]) != -INFINITY));
+        }
+        const uint32_t kbits = __ballot_sync(0xFFFFFFFF, k);
+        if (lane == 0) {
+            kept_bits[(c - lane)/32] = kbits;
+        }
+    }
+    __syncthreads();
+    if (warp == 0) {
+        // exclusive scan of the words' counts, 32 words a round
+        int run = 0;
+        for (int w0 = 0; w0 < n_words; w0 += WARP_SIZE) {
+            const int w = w0 + lane;
+            const int n = w < n_words ? __popc(kept_bits[w]) : 0;
+            const int incl = sparsek_warp_incl_sum(n);
+            if (w < n_words) {
+                wscan[w] = run + incl - n;
+            }
+            run += __shfl_sync(0xFFFFFFFF, incl, WARP_SIZE - 1);
+        }
+        if (lane == 0) {
+            kept_s = run;
+        }
+    }
+    cluster.sync();
+    if (tid < nrank) {
+        rank_s[tid] = *cluster.map_shared_rank(&kept_s, tid);
+    }
+    __syncthreads();
+    barrier_cluster_arrive(); // done reading the other blocks' shared memory
+    int offset = 0;
+    int total  = 0;
+    for (int r = 0; r < nrank; ++r) {
+        offset += r < rank ? rank_s[r] : 0;
+        total  += rank_s[r];
+    }
+    int32_t * lrow = list + int64_t(row)*p.n_kv_max;
+    for (int w = tid; w < n_words; w += NT) {
+        uint32_t bits = kept_bits[w];
+        int dst = offset + wscan[w];
+        while (bits) {
+            const int b = __ffs(bits) - 1;
+            bits &= bits - 1;
+            if (dst < p.n_kv_max) {
+                lrow[dst] = int32_t(j0 + w*32 + b);
+            }
+            dst++;
+        }
+    }
+    if (rank == nrank - 1) {
+        for (int i = min(total, p.n_kv_max) + tid; i < p.n_kv_max; i += NT) {
+            lrow[i] = -1;
+        }
+        if (tid == 0) {
+            counts[row] = min(total, p.n_kv_max);
+        }
+    }
+    FMARK(8);
+    barrier_cluster_wait(); // no block leaves while another may read its shared memory
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// host
+
+static float f16_to_f32(uint16_t h) {
+    return __half2float(*(const half *) &h);
+}
+
+struct cpu_q8 {
+    int8_t v[QB][32];
+    float  d[QB];
+    float  m[QB];
+};
+
+// the same quantization as the kernel, with the same correctly rounded float operations
+static cpu_q8 cpu_quantize(const float * x) {
+    cpu_q8 r;
+    for (int b = 0; b < QB; ++b) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; ++i) {
+            amax = std::max(amax, std::fabs(x[b*32 + i]));
+        }
+        const float d  = amax/127.0f;
+        const float id = d != 0.0f ? 1.0f/d : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; ++i) {
+            const float prod = x[b*32 + i]*id;
+            r.v[b][i] = int8_t(int(std::round(prod)));
+            sum += r.v[b][i];
+        }
+        r.d[b] = d;
+        const float ds = d*float(sum);
+        r.m[b] = -8.0f*ds;
+    }
+    return r;
+}
+
+// q4_0 block: element i < 16 is the low nibble of byte 2 + i, element 16 + i the high nibble
+static float cpu_score(const uint8_t * cell, const cpu_q8 & q) {
+    float acc = 0.0f;
+    for (int b = 0; b < QB; ++b) {
+        const uint8_t * blk = cell + b*BQ;
+        uint16_t dh;
+        memcpy(&dh, blk, 2);
+        int sumi = 0;
+        for (int i = 0; i < 16; ++i) {
+            sumi += (blk[2 + i] & 0x0F)*q.v[b][i];
+            sumi += (blk[2 + i] >> 4)*q.v[b][16 + i];
+        }
+        acc = std::fmaf(f16_to_f32(dh), std::fmaf(q.d[b], float(sumi), q.m[b]), acc);
+    }
+    return acc;
+}
+
+struct layout {
+    const char * name;
+    bool head_major;
+};
+
+int main() {
+    constexpr int H = 4;
+    const int n_head_kv = 8;
+    const float scale = 1.0f/std::sqrt(float(D));
+    int dev = 0;
+    CHECK(cudaSetDevice(dev));
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, dev));
+    cudaFuncAttributes fa;
+    CHECK(cudaFuncGetAttributes(&fa, (const void *) sparsek_fused_q4_0<H>));
+    printf("device: %s, %d SMs, L2 %d MB; fused kernel: %d registers, %zu B static shared memory\n", prop.name,
+           prop.multiProcessorCount, prop.l2CacheSize >> 20, fa.numRegs, fa.sharedSizeBytes);
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227*1024 - int(fa.sharedSizeBytes)));
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+
+    std::mt19937 rng(std::random_device{}());
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+    int failures = 0;
+
+    int * d_fallback;
+    CHECK(cudaMalloc(&d_fallback, sizeof(int)));
+    void * trace_ptr;
+    CHECK(cudaGetSymbolAddress(&trace_ptr, fused_trace));
+
+    printf("| n_kv | K | copy layout | cluster | check | K copy | us | GB/s of K copy |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    struct cfg { int64_t n_kv; int top_k; float holes; bool keep; };
+    for (const cfg & cf : {cfg{4097, 256, 0.1f, true}, cfg{32768, 1024, 0.0f, true}, cfg{32768, 1024, 0.05f, false},
+                           cfg{131072, 4096, 0.0f, true}, cfg{3000, 4096, 0.0f, true}}) {
+        const int64_t n_kv = cf.n_kv;
+        const int64_t seg  = QB*BQ;               // a KV head's bytes of one cell
+        const int64_t layer_bytes = n_kv*n_head_kv*seg;
+        const int n_layers = int(std::max<int64_t>(2, (150ll << 20)/layer_bytes + 1));
+        std::vector<uint8_t> kc(layer_bytes);
+        for (int64_t i = 0; i < layer_bytes; i += BQ) {
+            const half d = __float2half(0.005f + 0.05f*float(rng() % 1000)/1000.0f);
+            memcpy(&kc[i], &d, 2);
+            for (int k = 2; k < BQ; ++k) {
+                kc[i + k] = uint8_t(rng());
+            }
+        }
+        std::vector<float> qf(size_t(n_head_kv)*H*D);
+        for (auto & x : qf) {
+            x = nd(rng);
+        }
+        std::vector<half> mask(n_kv), keep(n_kv);
+        for (int64_t j = 0; j < n_kv; ++j) {
+            mask[j] = __float2half(ud(rng) < cf.holes ? -INFINITY : 0.0f);
+            keep[j] = __float2half(j < 4 || j >= n_kv - 64 ? 0.0f : -INFINITY);
+        }
+        const int n_kv_max = int(std::min<int64_t>(n_kv, cf.top_k + 64 + 4));
+
+        uint8_t * d_kc;
+        float * d_q;
+        half * d_mask, * d_keep;
+        int32_t * d_list, * d_counts;
+        CHECK(cudaMalloc(&d_kc, layer_bytes*n_layers));
+        CHECK(cudaMalloc(&d_q, qf.size()*sizeof(float)));
+        CHECK(cudaMemcpy(d_q, qf.data(), qf.size()*sizeof(float), cudaMemcpyHostToDevice));
+        CHECK(cudaMalloc(&d_mask, n_kv*sizeof(half)));
+        CHECK(cudaMemcpy(d_mask, mask.data(), n_kv*sizeof(half), cudaMemcpyHostToDevice));
+        CHECK(cudaMalloc(&d_keep, n_kv*sizeof(half)));
+        CHECK(cudaMemcpy(d_keep, keep.data(), n_kv*sizeof(half), cudaMemcpyHostToDevice));
+        CHECK(cudaMalloc(&d_list, int64_t(n_head_kv)*n_kv_max*sizeof(int32_t)));
+        CHECK(cudaMalloc(&d_counts, n_head_kv*sizeof(int32_t)));
+
+        for (const layout & lay : {layout{"cell-major (today)", false}, layout{"head-major", true}}) {
+            const int64_t cell_stride = lay.head_major ? seg : n_head_kv*seg;
+            const int64_t head_stride = lay.head_major ? n_kv*seg : seg;
+            for (int l = 0; l < n_layers; ++l) {
+                CHECK(cudaMemcpy(d_kc + l*layer_bytes, kc.data(), layer_bytes, cudaMemcpyHostToDevice));
+            }
+
+            // CPU reference: kept set per KV head and each cell's pooled score
+            std::vector<std::vector<char>> ref_kept(n_head_kv, std::vector<char>(n_kv, 0));
+            std::vector<std::vector<double>> pooled(n_head_kv, std::vector<double>(n_kv, -INFINITY));
+            std::vector<double> thr(n_head_kv, -INFINITY);
+            for (int r = 0; r < n_head_kv; ++r) {
+                std::vector<std::vector<float>> lg(H, std::vector<float>(n_kv));
+                std::vector<double> lse(H);
+                for (int h = 0; h < H; ++h) {
+                    const cpu_q8 qq = cpu_quantize(&qf[(size_t(r)*H + h)*D]);
+                    double m = -INFINITY;
+                    for (int64_t j = 0; j < n_kv; ++j) {
+                        const float l = scale*cpu_score(&kc[j*cell_stride + r*head_stride], qq);
+                        lg[h][j] = std::isfinite(f16_to_f32(*(uint16_t *) &mask[j])) && !std::isnan(l) ? l : -INFINITY;
+                        m = std::max(m, double(lg[h][j]));
+                    }
+                    double s = 0.0;
+                    for (int64_t j = 0; j < n_kv; ++j) {
+                        s += lg[h][j] == -INFINITY ? 0.0 : std::exp(double(lg[h][j]) - m);
+                    }
+                    lse[h] = m + std::log(s);
+                }
+                std::vector<int64_t> idx;
+                for (int64_t j = 0; j < n_kv; ++j) {
+                    if (!std::isfinite(f16_to_f32(*(uint16_t *) &mask[j]))) {
+                        continue;
+                    }
+                    double s = -INFINITY;
+                    for (int h = 0; h < H; ++h) {
+                        s = std::max(s, double(lg[h][j]) - lse[h]);
+                    }
+                    pooled[r][j] = s;
+                    idx.push_back(j);
+                }
+                if (int64_t(idx.size()) > cf.top_k) {
+                    std::nth_element(idx.begin(), idx.begin() + (cf.top_k - 1), idx.end(), [&](int64_t a, int64_t b) {
+                        return pooled[r][a] != pooled[r][b] ? pooled[r][a] > pooled[r][b] : a < b;
+                    });
+                    thr[r] = pooled[r][idx[cf.top_k - 1]];
+                    idx.resize(cf.top_k);
+                }
+                for (int64_t j : idx) {
+                    ref_kept[r][j] = 1;
+                }
+                for (int64_t j = 0; j < n_kv && cf.keep; ++j) {
+                    if (std::isfinite(f16_to_f32(*(uint16_t *) &mask[j])) && std::isfinite(f16_to_f32(*(uint16_t *) &keep[j]))) {
+                        ref_kept[r][j] = 1;
+                    }
+                }
+            }
+
+            for (int cluster : {8, 12, 14, 16}) {
+                fused_params prm;
+                prm.n_kv = n_kv;
+                prm.chunk = (n_kv + cluster - 1)/cluster;
+                prm.cell_stride = cell_stride;
+                prm.head_stride = head_stride;
+                prm.top_k = cf.top_k;
+                prm.n_kv_max = n_kv_max;
+                prm.scale = scale;
+                const size_t smem = fused_dyn_smem(H, prm.chunk);
+                if (smem + fa.sharedSizeBytes > 227*1024 || prm.chunk > FUSED_MAX_CHUNK) {
+                    printf("| %lld | %d | %s | %d | - | - | (%zu B of shared memory) | - |\n", (long long) n_kv, cf.top_k,
+                           lay.name, cluster, smem);
+                    continue;
+                }
+                cudaLaunchAttribute attr;
+                attr.id = cudaLaunchAttributeClusterDimension;
+                attr.val.clusterDim.x = cluster;
+                attr.val.clusterDim.y = 1;
+                attr.val.clusterDim.z = 1;
+                int co_resident = 0;
+                {
+                    cudaLaunchConfig_t lc = {};
+                    lc.gridDim = dim3(cluster, n_head_kv, 1);
+                    lc.blockDim = dim3(NT, 1, 1);
+                    lc.dynamicSmemBytes = smem;
+                    lc.attrs = &attr;
+                    lc.numAttrs = 1;
+                    CHECK(cudaOccupancyMaxActiveClusters(&co_resident, (const void *) sparsek_fused_q4_0<H>, &lc));
+                }
+                auto launch = [&](const uint8_t * kcl, cudaStream_t stream) {
+                    cudaLaunchConfig_t lc = {};
+                    lc.gridDim = dim3(cluster, n_head_kv, 1);
+                    lc.blockDim = dim3(NT, 1, 1);
+                    lc.dynamicSmemBytes = smem;
+                    lc.stream = stream;
+                    lc.attrs = &attr;
+                    lc.numAttrs = 1;
+                    CHECK(cudaLaunchKernelEx(&lc, sparsek_fused_q4_0<H>, kcl, (const float *) d_q, (const half *) d_mask,
+                                             cf.keep ? (const half *) d_keep : (const half *) nullptr, d_list, d_counts, d_fallback, prm));
+                };
+                // check
+                CHECK(cudaMemset(d_fallback, 0, sizeof(int)));
+                CHECK(cudaMemset(d_list, 0x7F, int64_t(n_head_kv)*n_kv_max*sizeof(int32_t)));
+                launch(d_kc, 0);
+                CHECK(cudaDeviceSynchronize());
+                std::vector<int32_t> got(int64_t(n_head_kv)*n_kv_max), cnt(n_head_kv);
+                int fb = 0;
+                CHECK(cudaMemcpy(got.data(), d_list, got.size()*sizeof(int32_t), cudaMemcpyDeviceToHost));
+                CHECK(cudaMemcpy(cnt.data(), d_counts, cnt.size()*sizeof(int32_t), cudaMemcpyDeviceToHost));
+                CHECK(cudaMemcpy(&fb, d_fallback, sizeof(int), cudaMemcpyDeviceToHost));
+                int64_t mismatch = 0, near = 0, malformed = 0;
+                for (int r = 0; r < n_head_kv; ++r) {
+                    std::vector<char> k(n_kv, 0);
+                    const int32_t * lr = &got[int64_t(r)*n_kv_max];
+                    for (int i = 0; i < n_kv_max; ++i) {
+                        if (i < cnt[r]) {
+                            if (lr[i] < 0 || lr[i] >= n_kv || (i > 0 && lr[i] <= lr[i - 1])) {
+                                malformed++;
+                            } else {
+                                k[lr[i]] = 1;
+                            }
+                        } else if (lr[i] != -1) {
+                            malformed++;
+                        }
+                    }
+                    for (int64_t j = 0; j < n_kv; ++j) {
+                        if (k[j] != ref_kept[r][j]) {
+                            const double t = thr[r];
+                            if (std::fabs(pooled[r][j] - t) <= 1e-4*std::max(1.0, std::fabs(t))) {
+                                near++;
+                            } else {
+                                mismatch++;
+                            }
+                        }
+                    }
+                }
+                const bool ok = mismatch == 0 && malformed == 0 && fb == 0;
+                failures += !ok;
+                char check[128];
+                snprintf(check, sizeof(check), "%s (mismatch %lld, near %lld, malformed %lld, fallback %d)", ok ? "ok" : "FAILED",
+                         (long long) mismatch, (long long) near, (long long) malformed, fb);
+                if (n_kv < 32768) {
+                    printf("| %lld | %d | %s | %d | %s | - | - | - |\n", (long long) n_kv, cf.top_k, lay.name, cluster, check);
+                    continue;
+                }
+                for (int cold = 0; cold < 2; ++cold) {
+                    cudaStream_t stream;
+                    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+                    for (int i = 0; i < 20; ++i) {
+                        launch(d_kc + (cold ? (i % n_layers)*layer_bytes : 0), stream);
+                    }
+                    CHECK(cudaStreamSynchronize(stream));
+                    const int per_graph = 4*n_layers;
+                    cudaGraph_t graph;
+                    cudaGraphExec_t exec;
+                    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+                    for (int i = 0; i < per_graph; ++i) {
+                        launch(d_kc + (cold ? (i % n_layers)*layer_bytes : 0), stream);
+                    }
+                    CHECK(cudaStreamEndCapture(stream, &graph));
+                    CHECK(cudaGraphInstantiate(&exec, graph, 0));
+                    cudaEvent_t e0, e1;
+                    CHECK(cudaEventCreate(&e0));
+                    CHECK(cudaEventCreate(&e1));
+                    std::vector<float> us;
+                    for (int rep = 0; rep < 15; ++rep) {
+                        CHECK(cudaEventRecord(e0, stream));
+                        CHECK(cudaGraphLaunch(exec, stream));
+                        CHECK(cudaEventRecord(e1, stream));
+                        CHECK(cudaEventSynchronize(e1));
+                        float ms;
+                        CHECK(cudaEventElapsedTime(&ms, e0, e1));
+                        us.push_back(1000.0f*ms/per_graph);
+                    }
+                    std::sort(us.begin(), us.end());
+                    const float t = us[us.size()/2];
+                    printf("| %lld | %d | %s | %d (%d at once) | %s | %s | %.1f | %.0f |\n", (long long) n_kv, cf.top_k, lay.name, cluster, co_resident,
+                           check, cold ? "cold (HBM)" : "warm (L2)", t, double(layer_bytes)/(t*1e3));
+                    CHECK(cudaGraphExecDestroy(exec));
+                    CHECK(cudaGraphDestroy(graph));
+                    CHECK(cudaEventDestroy(e0));
+                    CHECK(cudaEventDestroy(e1));
+                    CHECK(cudaStreamDestroy(stream));
+                }
+                // phase clocks of block 0 of row 0, one more launch
+                CHECK(cudaMemset(trace_ptr, 0, 16*sizeof(long long)));
+                launch(d_kc, 0);
+                CHECK(cudaDeviceSynchronize());
+                long long tr[16];
+                CHECK(cudaMemcpy(tr, trace_ptr, sizeof(tr), cudaMemcpyDeviceToHost));
+                printf("  phases (cycles after start): q8 %lld | scores+lse %lld | merged %lld | keys+hist %lld | find %lld | candidates %lld | ranked %lld | list %lld\n",
+                       tr[1] - tr[0], tr[2] - tr[0], tr[3] - tr[0], tr[4] - tr[0], tr[5] ? tr[5] - tr[0] : -1,
+                       tr[6] ? tr[6] - tr[0] : -1, tr[7] - tr[0], tr[8] - tr[0]);
+            }
+        }
+        cudaFree(d_kc); cudaFree(d_q); cudaFree(d_mask); cudaFree(d_keep); cudaFree(d_list); cudaFree(d_counts);
+    }
+    printf("%s: %d failing checks\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
