@@ -45,6 +45,7 @@ constexpr int BQ = 18;   // bytes per q4_0 block
 constexpr int NT = SPARSEK_CL_BLOCK;
 constexpr int NW = NT/WARP_SIZE;
 #define FUSED_MAX_CHUNK 16384 // cells a block holds at most
+#define SCORE_BLOCKS    16    // two launches: scoring blocks a row
 
 __device__ long long fused_trace[16];
 #define FMARK(i) do { if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) { fused_trace[i] = clock64(); } } while (0)
@@ -57,7 +58,14 @@ struct fused_params {
     int     top_k;
     int     n_kv_max;
     float   scale;
+    float  * lg_g;    // two launches: the logits [rows][H][n_kv] ...
+    float2 * part_g;  // ... and each scoring block's (max, sum of exp) per head [rows][n_parts][H]
+    int      n_parts;
 };
+
+// MODE 0: one launch (a cluster per row scores and selects); MODE 1: scoring only, n_parts plain blocks per row over
+// the whole GPU, logits and per-block (max, sum) to global memory; MODE 2: the selection of MODE 0 from those
+enum { FUSED = 0, SCORE_ONLY = 1, SELECT_SCORED = 2 };
 
 // the query of H heads quantized per 32 values (as quantize_row_q8_0 rounds, with correctly rounded float ops):
 // w[h][b][8] int8x4 words (word w < 4: elements 4w..4w+3, the low nibbles' partners; w >= 4: 16 + 4(w-4)..),
@@ -85,7 +93,7 @@ static size_t fused_dyn_smem(int H, int64_t chunk) {
     return size_t(H)*chunk*sizeof(float) + 2*SPARSEK_CL_CAND*(sizeof(uint32_t) + sizeof(int));
 }
 
-template <int H>
+template <int H, int MODE>
 __launch_bounds__(NT, 1)
 static __global__ void sparsek_fused_q4_0(
         const uint8_t * __restrict__ kc, const float * __restrict__ q, const half * __restrict__ mask,
@@ -93,8 +101,8 @@ static __global__ void sparsek_fused_q4_0(
         int * __restrict__ fallback, const fused_params p) {
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
-    const int rank  = cluster.block_rank();
-    const int nrank = cluster.num_blocks();
+    const int rank  = MODE == SCORE_ONLY ? int(blockIdx.x) : int(cluster.block_rank());
+    const int nrank = MODE == SCORE_ONLY ? int(gridDim.x) : int(cluster.num_blocks());
     const int tid   = threadIdx.x;
     const int warp  = tid / WARP_SIZE;
     const int lane  = tid % WARP_SIZE;
@@ -102,7 +110,7 @@ static __global__ void sparsek_fused_q4_0(
 
     extern __shared__ float lg_s[]; // [H][chunk]; keys_s aliases the first chunk; then the candidates
     uint32_t * keys_s   = (uint32_t *) lg_s;
-    uint32_t * cand_key = (uint32_t *) (lg_s + H*p.chunk);
+    uint32_t * cand_key = (uint32_t *) (lg_s + (MODE == SELECT_SCORED ? 1 : H)*p.chunk); // two launches: keys only
     int      * cand_idx = (int *) (cand_key + SPARSEK_CL_CAND);
     uint32_t * all_key  = (uint32_t *) (cand_idx + SPARSEK_CL_CAND);
     int      * all_idx  = (int *) (all_key + SPARSEK_CL_CAND);
@@ -142,7 +150,7 @@ static __global__ void sparsek_fused_q4_0(
     FMARK(0);
 
     // 1. the query, quantized by one thread per 32 values
-    if (tid < H*QB) {
+    if (MODE != SELECT_SCORED && tid < H*QB) {
         const int h = tid / QB;
         const int b = tid % QB;
         const float * x = xq + h*D + b*32;
@@ -172,12 +180,14 @@ static __global__ void sparsek_fused_q4_0(
     // 2. logits of this block's cells (-INF where the mask forbids), each head's running (max, sum of exp) per thread,
     //    and a bit per cell that the mask allows it (a warp scores 32 consecutive cells: one word)
     const uint8_t * base = kc + row*p.head_stride + j0*p.cell_stride;
+    float * lg_dst = MODE == SCORE_ONLY ? p.lg_g + int64_t(row)*H*p.n_kv + j0 : lg_s;
+    const int64_t ld = MODE == SCORE_ONLY ? p.n_kv : p.chunk;
     float2 ms[H];
 #pragma unroll
     for (int h = 0; h < H; ++h) {
         ms[h] = make_float2(-INFINITY, 0.0f);
     }
-    for (int64_t c = tid; c - lane < n_cells; c += NT) {
+    for (int64_t c = tid; MODE != SELECT_SCORED && c - lane < n_cells; c += NT) {
         const bool in = c < n_cells;
         uint32_t u[QB*BQ/4];
         const uint2 * src = (const uint2 *) (base + min(c, n_cells - 1)*p.cell_stride);
@@ -227,7 +237,7 @@ static __global__ void sparsek_fused_q4_0(
             for (int h = 0; h < H; ++h) {
                 float l = __fmul_rn(p.scale, acc[h]);
                 l = allowed && !isnan(l) ? l : -INFINITY;
-                lg_s[h*p.chunk + c] = l;
+                lg_dst[h*ld + c] = l;
                 if (l > ms[h].x) {
                     ms[h].y = ms[h].y*expf(ms[h].x - l) + 1.0f; // exp(-INF) = 0 for the first
                     ms[h].x = l;
@@ -239,9 +249,10 @@ static __global__ void sparsek_fused_q4_0(
     }
     FMARK(2);
 
-    // 3. the block's (max, sum) per head, merged over the cluster in rank order
+    // 3. the block's (max, sum) per head, merged over the cluster in rank order (two launches: over the scoring
+    //    blocks, in their order, from global memory)
 #pragma unroll
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < H && MODE != SELECT_SCORED; ++h) {
         float2 v = ms[h];
 #pragma unroll
         for (int off = WARP_SIZE/2; off > 0; off >>= 1) {
@@ -253,21 +264,32 @@ static __global__ void sparsek_fused_q4_0(
         }
     }
     __syncthreads();
-    if (tid < H) {
+    if (MODE != SELECT_SCORED && tid < H) {
         float2 v = wpart[tid][0];
         for (int w = 1; w < NW; ++w) {
             v = sparsek_lse_combine(v, wpart[tid][w]);
         }
         part_s[tid] = v;
+        if (MODE == SCORE_ONLY) {
+            p.part_g[(int64_t(row)*nrank + rank)*H + tid] = v;
+        }
     }
-    cluster.sync();
+    if constexpr (MODE == SCORE_ONLY) {
+        return;
+    }
+    if constexpr (MODE == FUSED) {
+        cluster.sync();
+    } else {
+        __syncthreads();
+    }
     FMARK(3);
     if (warp == 0) {
         float best = -INFINITY;
         for (int hh = lane; hh < H; hh += WARP_SIZE) {
-            float2 ms = *cluster.map_shared_rank(&part_s[hh], 0);
-            for (int r = 1; r < nrank; ++r) {
-                ms = sparsek_lse_combine(ms, *cluster.map_shared_rank(&part_s[hh], r));
+            float2 ms = MODE == FUSED ? *cluster.map_shared_rank(&part_s[hh], 0) : p.part_g[int64_t(row)*p.n_parts*H + hh];
+            for (int r = 1; r < (MODE == FUSED ? nrank : p.n_parts); ++r) {
+                ms = sparsek_lse_combine(ms, MODE == FUSED ? *cluster.map_shared_rank(&part_s[hh], r) :
+                                                             p.part_g[(int64_t(row)*p.n_parts + r)*H + hh]);
             }
             const float lse = ms.x == -INFINITY ? INFINITY : ms.x + logf(ms.y);
             lse_s[hh] = lse;
@@ -286,12 +308,23 @@ static __global__ void sparsek_fused_q4_0(
     int allowed = 0;
     for (int64_t c = tid; c < n_cells; c += NT) {
         float s = -INFINITY;
+        bool ok;
+        if constexpr (MODE == SELECT_SCORED) {
+            // the log-sum-exp came first: one pass over the logits in global memory (L2), keys only on chip
+            ok = __half2float(mask[j0 + c]) != -INFINITY;
 #pragma unroll
-        for (int h = 0; h < H; ++h) {
-            const float lp = __fsub_rn(lg_s[h*p.chunk + c], lse_s[h]);
-            s = lp > s ? lp : s;
+            for (int h = 0; h < H; ++h) {
+                const float lp = __fsub_rn(p.lg_g[(int64_t(row)*H + h)*p.n_kv + j0 + c], lse_s[h]);
+                s = lp > s ? lp : s;
+            }
+        } else {
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+                const float lp = __fsub_rn(lg_s[h*p.chunk + c], lse_s[h]);
+                s = lp > s ? lp : s;
+            }
+            ok = (allowed_bits[c/32] >> (c % 32)) & 1;
         }
-        const bool ok = (allowed_bits[c/32] >> (c % 32)) & 1;
         const uint32_t key = ok ? sparsek_key(s) : 0;
         keys_s[c] = key;
         allowed += ok;
@@ -507,11 +540,13 @@ int main() {
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, dev));
     cudaFuncAttributes fa;
-    CHECK(cudaFuncGetAttributes(&fa, (const void *) sparsek_fused_q4_0<H>));
+    CHECK(cudaFuncGetAttributes(&fa, (const void *) sparsek_fused_q4_0<H, FUSED>));
     printf("device: %s, %d SMs, L2 %d MB; fused kernel: %d registers, %zu B static shared memory\n", prop.name,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, fa.numRegs, fa.sharedSizeBytes);
-    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227*1024 - int(fa.sharedSizeBytes)));
-    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H, FUSED>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227*1024 - int(fa.sharedSizeBytes)));
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H, FUSED>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H, SELECT_SCORED>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227*1024 - int(fa.sharedSizeBytes)));
+    CHECK(cudaFuncSetAttribute(sparsek_fused_q4_0<H, SELECT_SCORED>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
 
     std::mt19937 rng(std::random_device{}());
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -563,6 +598,10 @@ int main() {
         CHECK(cudaMemcpy(d_keep, keep.data(), n_kv*sizeof(half), cudaMemcpyHostToDevice));
         CHECK(cudaMalloc(&d_list, int64_t(n_head_kv)*n_kv_max*sizeof(int32_t)));
         CHECK(cudaMalloc(&d_counts, n_head_kv*sizeof(int32_t)));
+        float * d_lg;
+        float2 * d_part;
+        CHECK(cudaMalloc(&d_lg, int64_t(n_head_kv)*H*n_kv*sizeof(float)));
+        CHECK(cudaMalloc(&d_part, int64_t(n_head_kv)*SCORE_BLOCKS*H*sizeof(float2)));
 
         for (const layout & lay : {layout{"cell-major (today)", false}, layout{"head-major", true}}) {
             const int64_t cell_stride = lay.head_major ? seg : n_head_kv*seg;
@@ -621,7 +660,12 @@ int main() {
                 }
             }
 
-            for (int cluster : {8, 12, 14, 16}) {
+            // variant: the cluster size of the one launch; 1000 + size: two launches (scoring by 16 plain blocks a row,
+            // then the selection in clusters of that size)
+            for (int variant : {8, 12, 16, 1008, 1016}) {
+                const bool two = variant > 1000;
+                const int cluster = variant % 1000;
+                const auto kernel = two ? sparsek_fused_q4_0<H, SELECT_SCORED> : sparsek_fused_q4_0<H, FUSED>;
                 fused_params prm;
                 prm.n_kv = n_kv;
                 prm.chunk = (n_kv + cluster - 1)/cluster;
@@ -630,10 +674,16 @@ int main() {
                 prm.top_k = cf.top_k;
                 prm.n_kv_max = n_kv_max;
                 prm.scale = scale;
-                const size_t smem = fused_dyn_smem(H, prm.chunk);
+                prm.lg_g = d_lg;
+                prm.part_g = d_part;
+                prm.n_parts = SCORE_BLOCKS;
+                fused_params prm_score = prm;
+                prm_score.chunk = (n_kv + SCORE_BLOCKS - 1)/SCORE_BLOCKS;
+                const size_t smem = two ? fused_dyn_smem(1, prm.chunk) : fused_dyn_smem(H, prm.chunk);
+                const char * how = two ? "2 launches, " : "";
                 if (smem + fa.sharedSizeBytes > 227*1024 || prm.chunk > FUSED_MAX_CHUNK) {
-                    printf("| %lld | %d | %s | %d | - | - | (%zu B of shared memory) | - |\n", (long long) n_kv, cf.top_k,
-                           lay.name, cluster, smem);
+                    printf("| %lld | %d | %s | %s%d | - | - | (%zu B of shared memory) | - |\n", (long long) n_kv, cf.top_k,
+                           lay.name, how, cluster, smem);
                     continue;
                 }
                 cudaLaunchAttribute attr;
@@ -649,9 +699,13 @@ int main() {
                     lc.dynamicSmemBytes = smem;
                     lc.attrs = &attr;
                     lc.numAttrs = 1;
-                    CHECK(cudaOccupancyMaxActiveClusters(&co_resident, (const void *) sparsek_fused_q4_0<H>, &lc));
+                    CHECK(cudaOccupancyMaxActiveClusters(&co_resident, (const void *) kernel, &lc));
                 }
                 auto launch = [&](const uint8_t * kcl, cudaStream_t stream) {
+                    if (two) {
+                        sparsek_fused_q4_0<H, SCORE_ONLY><<<dim3(SCORE_BLOCKS, n_head_kv), NT, 0, stream>>>(kcl,
+                            (const float *) d_q, (const half *) d_mask, (const half *) nullptr, d_list, d_counts, d_fallback, prm_score);
+                    }
                     cudaLaunchConfig_t lc = {};
                     lc.gridDim = dim3(cluster, n_head_kv, 1);
                     lc.blockDim = dim3(NT, 1, 1);
@@ -659,7 +713,7 @@ int main() {
                     lc.stream = stream;
                     lc.attrs = &attr;
                     lc.numAttrs = 1;
-                    CHECK(cudaLaunchKernelEx(&lc, sparsek_fused_q4_0<H>, kcl, (const float *) d_q, (const half *) d_mask,
+                    CHECK(cudaLaunchKernelEx(&lc, kernel, kcl, (const float *) d_q, (const half *) d_mask,
                                              cf.keep ? (const half *) d_keep : (const half *) nullptr, d_list, d_counts, d_fallback, prm));
                 };
                 // check
@@ -704,7 +758,7 @@ int main() {
                 snprintf(check, sizeof(check), "%s (mismatch %lld, near %lld, malformed %lld, fallback %d)", ok ? "ok" : "FAILED",
                          (long long) mismatch, (long long) near, (long long) malformed, fb);
                 if (n_kv < 32768) {
-                    printf("| %lld | %d | %s | %d | %s | - | - | - |\n", (long long) n_kv, cf.top_k, lay.name, cluster, check);
+                    printf("| %lld | %d | %s | %s%d | %s | - | - | - |\n", (long long) n_kv, cf.top_k, lay.name, how, cluster, check);
                     continue;
                 }
                 for (int cold = 0; cold < 2; ++cold) {
@@ -738,13 +792,16 @@ int main() {
                     }
                     std::sort(us.begin(), us.end());
                     const float t = us[us.size()/2];
-                    printf("| %lld | %d | %s | %d (%d at once) | %s | %s | %.1f | %.0f |\n", (long long) n_kv, cf.top_k, lay.name, cluster, co_resident,
+                    printf("| %lld | %d | %s | %s%d (%d at once) | %s | %s | %.1f | %.0f |\n", (long long) n_kv, cf.top_k, lay.name, how, cluster, co_resident,
                            check, cold ? "cold (HBM)" : "warm (L2)", t, double(layer_bytes)/(t*1e3));
                     CHECK(cudaGraphExecDestroy(exec));
                     CHECK(cudaGraphDestroy(graph));
                     CHECK(cudaEventDestroy(e0));
                     CHECK(cudaEventDestroy(e1));
                     CHECK(cudaStreamDestroy(stream));
+                }
+                if (two) {
+                    continue;
                 }
                 // phase clocks of block 0 of row 0, one more launch
                 CHECK(cudaMemset(trace_ptr, 0, 16*sizeof(long long)));
@@ -757,7 +814,7 @@ int main() {
                        tr[6] ? tr[6] - tr[0] : -1, tr[7] - tr[0], tr[8] - tr[0]);
             }
         }
-        cudaFree(d_kc); cudaFree(d_q); cudaFree(d_mask); cudaFree(d_keep); cudaFree(d_list); cudaFree(d_counts);
+        cudaFree(d_kc); cudaFree(d_q); cudaFree(d_mask); cudaFree(d_keep); cudaFree(d_list); cudaFree(d_counts); cudaFree(d_lg); cudaFree(d_part);
     }
     printf("%s: %d failing checks\n", failures ? "FAILED" : "ok", failures);
     return failures ? 1 : 0;
