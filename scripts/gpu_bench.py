@@ -283,6 +283,9 @@ def step_bench(a: argparse.Namespace) -> None:
     model = work / f"random-{a.shape}-{a.quant}.gguf"
     depths = [int(d) for d in a.depths.split(",")]
     configs = [("stock", [], "stock"), ("patched", ["-sk", "0"], "dense")]
+    if "stock" not in a.flavors.split(","):
+        configs = configs[1:]  # the patched build alone: ratios against its dense run (patched-off equals stock)
+    base_label = configs[0][2]
     policy = ["-skmu", str(a.max_ubatch)] if a.max_ubatch else []
     for k in [int(v) for v in a.topk.split(",")]:
         for mode in a.modes.split(","):
@@ -304,17 +307,20 @@ def step_bench(a: argparse.Namespace) -> None:
             print(f"round {r + 1}/{a.rounds} {label}: {time.time() - t0:.0f} s", flush=True)
     rows = []
     for (label, test, depth), ts in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        base = samples[("stock", test, depth)]
+        base = samples[(base_label, test, depth)]
         ratios = [x / b for x, b in zip(ts, base, strict=False)]
         rows.append({"config": label, "test": test, "depth": depth, "tokens_per_s": statistics.median(ts),
+                     "baseline": base_label,
                      "stock_tokens_per_s": statistics.median(base), "ratio_vs_stock": statistics.median(ratios),
                      "ratio_min": min(ratios), "ratio_max": max(ratios), "samples_ts": ts})
     gpu = gpu_name("name,driver_version")
     doc = {"gpu": gpu, "shape": a.shape, "quant": a.quant, "rounds": a.rounds, "reps": a.reps, "rows": rows,
            "llama_bench_records": raw}
     md = [f"GPU: {gpu}; model: random {a.shape} {a.quant}; llama-bench -fa 1, {a.rounds} interleaved rounds x "
-          f"{a.reps} reps; ratio = median of same-round ratios vs stock", "",
-          "| config | test | depth | t/s | stock t/s | ratio | spread |", "| --- | --- | --- | --- | --- | --- | --- |"]
+          f"{a.reps} reps; ratio = median of same-round ratios vs {base_label}"
+          + (" (patched build, Sparse-K off: equals stock)" if base_label == "dense" else ""), "",
+          f"| config | test | depth | t/s | {base_label} t/s | ratio | spread |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         md.append(f"| {row['config']} | {row['test']} | {row['depth']} | {row['tokens_per_s']:.2f} | "
                   f"{row['stock_tokens_per_s']:.2f} | {row['ratio_vs_stock']:.3f} | "
@@ -435,7 +441,10 @@ def step_ppl(a: argparse.Namespace) -> None:
     configs: list[tuple[str, list[str]]] = [("dense", [])]
     for k in [int(v) for v in a.topk.split(",")]:
         for mode in a.modes.split(","):
-            configs.append((f"K={k} {mode}", ["--sparsek-topk", str(k), "--sparsek-mode", mode]))
+            for st in a.score_types.split(","):
+                configs.append((f"K={k} {mode}" + ("" if st == "none" else f" {st} copy"),
+                                ["--sparsek-topk", str(k), "--sparsek-mode", mode,
+                                 *([] if st == "none" else ["--sparsek-score-type", st])]))
     rows = []
     for label, extra in configs:
         row: dict = {"config": label}

@@ -236,3 +236,55 @@ def test_copy_next_to_a_quantized_kv_cache(model: Path, tokens: list[int], open_
     kl = numpy_llama.kl(out["none"], out["q4_0"])
     assert not np.array_equal(out["none"], out["q4_0"])
     assert kl < 0.05, kl
+
+
+def _decode_seq(lib: Any, ctx: Any, tokens: list[int], pos0: int, seq: int, n_vocab: int) -> np.ndarray:
+    """Decode tokens into one sequence of a low-level context; the logits of the last one."""
+    batch = lib.llama_batch_init(len(tokens), 0, 1)
+    try:
+        batch.n_tokens = len(tokens)
+        for i, t in enumerate(tokens):
+            batch.token[i] = t
+            batch.pos[i] = pos0 + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = i == len(tokens) - 1
+        assert lib.llama_decode(ctx, batch) == 0
+        return np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, len(tokens) - 1), shape=(n_vocab,)).copy()
+    finally:
+        lib.llama_batch_free(batch)
+
+
+@pytest.mark.parametrize("score_type", ["f16", "q4_0"])
+def test_sequence_copy_between_streams_copies_the_copy(model: Path, tokens: list[int], score_type: str,
+                                                       open_llm: Callable[..., Any]) -> None:
+    """Two sequences in separate streams (kv_unified off): llama_memory_seq_cp copies stream 0's cells to stream 1,
+    the score copy included (stored head-major, so not one block of memory): sequence 1 then decodes exactly as
+    sequence 0 does, token for token. A copy left stale or half-copied chooses other cells in sequence 1."""
+    import llama_cpp as lib
+
+    m = open_llm(model, n_ctx=N_CTX, n_threads=2)  # the model (and the patched library) for a context of our own
+    params = lib.llama_context_default_params()
+    params.n_ctx = 2*N_CTX
+    params.n_batch = N_CTX
+    params.n_ubatch = N_CTX
+    params.n_seq_max = 2
+    params.kv_unified = False
+    params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.n_threads = 2
+    params.n_threads_batch = 2
+    ctx = lib.llama_init_from_model(m.model, params)
+    assert ctx
+    try:
+        shim = type("Ctx", (), {"ctx": ctx})()
+        llm.set_sparsek(shim, SparsekSettings(top_k=16, mode="group", score_type=score_type))
+        n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(m.model))
+        _decode_seq(lib, ctx, tokens[:200], 0, 0, n_vocab)
+        mem = lib.llama_get_memory(ctx)
+        lib.llama_memory_seq_cp(mem, 0, 1, -1, -1)
+        for i, t in enumerate(tokens[200:216]):
+            a = _decode_seq(lib, ctx, [t], 200 + i, 0, n_vocab)
+            b = _decode_seq(lib, ctx, [t], 200 + i, 1, n_vocab)
+            assert np.array_equal(a, b), f"sequence 1 differs from sequence 0 at token {i}"
+    finally:
+        lib.llama_free(ctx)

@@ -29,6 +29,8 @@
 #include "sparsek-cluster.cuh"
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -47,8 +49,9 @@ constexpr int NW = NT/WARP_SIZE;
 #define FUSED_MAX_CHUNK 16384 // cells a block holds at most
 #define SCORE_BLOCKS    16    // two launches: scoring blocks a row
 
-__device__ long long fused_trace[16];
-#define FMARK(i) do { if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) { fused_trace[i] = clock64(); } } while (0)
+// phase clocks of every block of row 0: [block][mark] (SM clocks: compare only within a block)
+__device__ long long fused_trace[SPARSEK_CL_MAX_SIZE*16];
+#define FMARK(i) do { if (threadIdx.x == 0 && blockIdx.y == 0) { fused_trace[blockIdx.x*16 + (i)] = clock64(); } } while (0)
 
 struct fused_params {
     int64_t n_kv;
@@ -94,7 +97,7 @@ static size_t fused_dyn_smem(int H, int64_t chunk) {
 }
 
 template <int H, int MODE>
-__launch_bounds__(NT, 1)
+__launch_bounds__(NT, MODE == SELECT_SCORED ? 2 : 1)
 static __global__ void sparsek_fused_q4_0(
         const uint8_t * __restrict__ kc, const float * __restrict__ q, const half * __restrict__ mask,
         const half * __restrict__ keep, int32_t * __restrict__ list, int32_t * __restrict__ counts,
@@ -122,9 +125,9 @@ static __global__ void sparsek_fused_q4_0(
     __shared__ int    msup[64], mbin[32];
     __shared__ float2 wpart[H][NW];
     __shared__ float2 part_s[H];
-    __shared__ uint32_t allowed_bits[FUSED_MAX_CHUNK/32], kept_bits[FUSED_MAX_CHUNK/32];
+    __shared__ uint32_t allowed_bits[FUSED_MAX_CHUNK/32], kept_bits[FUSED_MAX_CHUNK/32], keep_bits[FUSED_MAX_CHUNK/32];
     __shared__ int    wscan[FUSED_MAX_CHUNK/32];
-    __shared__ float  lse_s[H];
+    __shared__ float  lse_s[H], lbest_s[H];
     __shared__ int    rank_s[SPARSEK_CL_MAX_SIZE];
     __shared__ int    allowed_s, n_cand_s, kept_s, wcount[NW];
     __shared__ uint32_t kmax_s;
@@ -282,53 +285,85 @@ static __global__ void sparsek_fused_q4_0(
     } else {
         __syncthreads();
     }
-    FMARK(3);
-    if (warp == 0) {
-        float best = -INFINITY;
-        for (int hh = lane; hh < H; hh += WARP_SIZE) {
-            float2 ms = MODE == FUSED ? *cluster.map_shared_rank(&part_s[hh], 0) : p.part_g[int64_t(row)*p.n_parts*H + hh];
-            for (int r = 1; r < (MODE == FUSED ? nrank : p.n_parts); ++r) {
-                ms = sparsek_lse_combine(ms, MODE == FUSED ? *cluster.map_shared_rank(&part_s[hh], r) :
-                                                             p.part_g[(int64_t(row)*p.n_parts + r)*H + hh]);
-            }
+    // warp h merges head h's partials: lane r loads partial r, then a shuffle tree in a fixed order (every block
+    // computes the same floats); a dependent chain of remote or L2 loads measured ~10k cycles
+    const int n_parts = MODE == FUSED ? nrank : p.n_parts;
+    if (warp < H) {
+        const int hh = warp;
+        float2 ms = make_float2(-INFINITY, 0.0f);
+        if (lane < n_parts) {
+            ms = MODE == FUSED ? *cluster.map_shared_rank(&part_s[hh], lane) : p.part_g[(int64_t(row)*p.n_parts + lane)*H + hh];
+        }
+#pragma unroll
+        for (int off = 1; off < WARP_SIZE; off <<= 1) {
+            const float2 o = make_float2(__shfl_xor_sync(0xFFFFFFFF, ms.x, off), __shfl_xor_sync(0xFFFFFFFF, ms.y, off));
+            ms = (lane & off) ? sparsek_lse_combine(o, ms) : sparsek_lse_combine(ms, o);
+        }
+        if (lane == 0) {
             const float lse = ms.x == -INFINITY ? INFINITY : ms.x + logf(ms.y);
             lse_s[hh] = lse;
-            const float lp = __fsub_rn(ms.x, lse);
-            best = lp > best ? lp : best;
-        }
-        best = warp_reduce_max(best);
-        if (lane == 0) {
-            kmax_s = sparsek_key(best);
+            lbest_s[hh] = __fsub_rn(ms.x, lse);
         }
     }
     __syncthreads();
+    if (tid == 0) {
+        float best = -INFINITY;
+        for (int hh = 0; hh < H; ++hh) {
+            best = lbest_s[hh] > best ? lbest_s[hh] : best;
+        }
+        kmax_s = sparsek_key(best);
+    }
+    FMARK(3);
+    __syncthreads();
     const uint32_t kmax = kmax_s;
 
-    // 4. pooled keys (0: forbidden), in place of the first head's logits; the distance histogram
+    // 4. pooled keys (0: forbidden), in place of the first head's logits; the distance histogram; a bit per cell
+    //    that `keep` forces (window, sinks). KU rounds of cells a thread load before any is used (two launches: the
+    //    logits come from L2, and the histogram's atomics would otherwise hold each round's loads back).
+    constexpr int KU = 4;
     int allowed = 0;
-    for (int64_t c = tid; c < n_cells; c += NT) {
-        float s = -INFINITY;
-        bool ok;
-        if constexpr (MODE == SELECT_SCORED) {
-            // the log-sum-exp came first: one pass over the logits in global memory (L2), keys only on chip
-            ok = __half2float(mask[j0 + c]) != -INFINITY;
+    for (int64_t cb = tid; cb - lane < n_cells; cb += NT*KU) {
+        float l[KU][H];
+        bool  okv[KU], kpv[KU];
 #pragma unroll
-            for (int h = 0; h < H; ++h) {
-                const float lp = __fsub_rn(p.lg_g[(int64_t(row)*H + h)*p.n_kv + j0 + c], lse_s[h]);
-                s = lp > s ? lp : s;
-            }
-        } else {
+        for (int u = 0; u < KU; ++u) {
+            const int64_t c  = cb + u*NT;
+            const bool    in = c < n_cells;
+            if constexpr (MODE == SELECT_SCORED) {
+                okv[u] = in && __half2float(mask[j0 + c]) != -INFINITY;
 #pragma unroll
-            for (int h = 0; h < H; ++h) {
-                const float lp = __fsub_rn(lg_s[h*p.chunk + c], lse_s[h]);
-                s = lp > s ? lp : s;
+                for (int h = 0; h < H; ++h) {
+                    l[u][h] = in ? p.lg_g[(int64_t(row)*H + h)*p.n_kv + j0 + c] : -INFINITY;
+                }
+            } else {
+                okv[u] = in && ((allowed_bits[c/32] >> (c % 32)) & 1);
+#pragma unroll
+                for (int h = 0; h < H; ++h) {
+                    l[u][h] = in ? lg_s[h*p.chunk + c] : -INFINITY;
+                }
             }
-            ok = (allowed_bits[c/32] >> (c % 32)) & 1;
+            kpv[u] = in && keep && __half2float(keep[j0 + c]) != -INFINITY;
         }
-        const uint32_t key = ok ? sparsek_key(s) : 0;
-        keys_s[c] = key;
-        allowed += ok;
-        sparsek_hist_add(histd, key != 0 ? sparsek_dbin(kmax, key) : 0, key != 0);
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+            const int64_t c = cb + u*NT;
+            float s = -INFINITY;
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+                const float lp = __fsub_rn(l[u][h], lse_s[h]);
+                s = lp > s ? lp : s;
+            }
+            const uint32_t key = okv[u] ? sparsek_key(s) : 0;
+            if (c < n_cells) {
+                keys_s[c] = key;
+            }
+            allowed += okv[u];
+            sparsek_hist_add(histd, key != 0 ? sparsek_dbin(kmax, key) : 0, key != 0);
+            const uint32_t kb = __ballot_sync(0xFFFFFFFF, okv[u] && kpv[u]);
+            if (lane == 0 && c - lane < n_cells) {
+                keep_bits[(c - lane)/32] = kb;
+            }
+        }
     }
     allowed = warp_reduce_sum(allowed);
     if (lane == 0 && allowed > 0) {
@@ -387,16 +422,18 @@ static __global__ void sparsek_fused_q4_0(
         cluster.sync();
         FMARK(6);
         const int n_own = n_cand_s;
-        for (int i = warp; i < n_own; i += NW) {
-            const uint32_t key = cand_key[i];
-            const int      idx = cand_idx[i];
-            int above = 0;
-            for (int t = lane; t < n_bd; t += WARP_SIZE) {
-                above += all_key[t] > key || (all_key[t] == key && all_idx[t] < idx);
-            }
-            above = warp_reduce_sum(above);
-            if (lane == 0) {
-                keys_s[idx - j0] = above < rem_d ? SPARSEK_CL_KEPT : SPARSEK_CL_DROP;
+        {
+            for (int i = warp; i < n_own; i += NW) {
+                const uint32_t key = cand_key[i];
+                const int      idx = cand_idx[i];
+                int above = 0;
+                for (int t = lane; t < n_bd; t += WARP_SIZE) {
+                    above += all_key[t] > key || (all_key[t] == key && all_idx[t] < idx);
+                }
+                above = warp_reduce_sum(above);
+                if (lane == 0) {
+                    keys_s[idx - j0] = above < rem_d ? SPARSEK_CL_KEPT : SPARSEK_CL_DROP;
+                }
             }
         }
         __syncthreads();
@@ -412,7 +449,7 @@ static __global__ void sparsek_fused_q4_0(
             const uint32_t key = keys_s[c];
             k = key != 0 && (n_allowed <= p.top_k || key == SPARSEK_CL_KEPT ||
                 (key > SPARSEK_CL_DROP && sparsek_dbin(kmax, key) > bd) ||
-                (keep && __half2float(keep[j0 + c]) != -INFINITY));
+                ((keep_bits[c/32] >> (c % 32)) & 1));
         }
         const uint32_t kbits = __ballot_sync(0xFFFFFFFF, k);
         if (lane == 0) {
@@ -436,12 +473,14 @@ static __global__ void sparsek_fused_q4_0(
             kept_s = run;
         }
     }
+    FMARK(8);
     cluster.sync();
     if (tid < nrank) {
         rank_s[tid] = *cluster.map_shared_rank(&kept_s, tid);
     }
     __syncthreads();
     barrier_cluster_arrive(); // done reading the other blocks' shared memory
+    FMARK(9);
     int offset = 0;
     int total  = 0;
     for (int r = 0; r < nrank; ++r) {
@@ -469,7 +508,7 @@ static __global__ void sparsek_fused_q4_0(
             counts[row] = min(total, p.n_kv_max);
         }
     }
-    FMARK(8);
+    FMARK(10);
     barrier_cluster_wait(); // no block leaves while another may read its shared memory
 }
 
@@ -560,8 +599,14 @@ int main() {
 
     printf("| n_kv | K | copy layout | cluster | check | K copy | us | GB/s of K copy |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
     struct cfg { int64_t n_kv; int top_k; float holes; bool keep; };
-    for (const cfg & cf : {cfg{4097, 256, 0.1f, true}, cfg{32768, 1024, 0.0f, true}, cfg{32768, 1024, 0.05f, false},
-                           cfg{131072, 4096, 0.0f, true}, cfg{3000, 4096, 0.0f, true}}) {
+    // FUSED_PROFILE=1: one launch of the two-launch pair at 32768 (head-major, selection cluster 16) and exit, for ncu
+    const bool profile = getenv("FUSED_PROFILE") != nullptr;
+    std::vector<cfg> cfgs = {cfg{4097, 256, 0.1f, true}, cfg{32768, 1024, 0.0f, true}, cfg{32768, 1024, 0.05f, false},
+                             cfg{131072, 4096, 0.0f, true}, cfg{3000, 4096, 0.0f, true}};
+    if (profile) {
+        cfgs = {cfg{32768, 1024, 0.0f, true}};
+    }
+    for (const cfg & cf : cfgs) {
         const int64_t n_kv = cf.n_kv;
         const int64_t seg  = QB*BQ;               // a KV head's bytes of one cell
         const int64_t layer_bytes = n_kv*n_head_kv*seg;
@@ -604,6 +649,9 @@ int main() {
         CHECK(cudaMalloc(&d_part, int64_t(n_head_kv)*SCORE_BLOCKS*H*sizeof(float2)));
 
         for (const layout & lay : {layout{"cell-major (today)", false}, layout{"head-major", true}}) {
+            if (profile && !lay.head_major) {
+                continue;
+            }
             const int64_t cell_stride = lay.head_major ? seg : n_head_kv*seg;
             const int64_t head_stride = lay.head_major ? n_kv*seg : seg;
             for (int l = 0; l < n_layers; ++l) {
@@ -663,6 +711,9 @@ int main() {
             // variant: the cluster size of the one launch; 1000 + size: two launches (scoring by 16 plain blocks a row,
             // then the selection in clusters of that size)
             for (int variant : {8, 12, 16, 1008, 1016}) {
+                if (profile && variant != 1016) {
+                    continue;
+                }
                 const bool two = variant > 1000;
                 const int cluster = variant % 1000;
                 const auto kernel = two ? sparsek_fused_q4_0<H, SELECT_SCORED> : sparsek_fused_q4_0<H, FUSED>;
@@ -757,6 +808,10 @@ int main() {
                 char check[128];
                 snprintf(check, sizeof(check), "%s (mismatch %lld, near %lld, malformed %lld, fallback %d)", ok ? "ok" : "FAILED",
                          (long long) mismatch, (long long) near, (long long) malformed, fb);
+                if (profile) {
+                    printf("profile launch done: %s\n", check);
+                    return ok ? 0 : 1;
+                }
                 if (n_kv < 32768) {
                     printf("| %lld | %d | %s | %s%d | %s | - | - | - |\n", (long long) n_kv, cf.top_k, lay.name, how, cluster, check);
                     continue;
@@ -800,18 +855,35 @@ int main() {
                     CHECK(cudaEventDestroy(e1));
                     CHECK(cudaStreamDestroy(stream));
                 }
-                if (two) {
-                    continue;
+                // phase clocks of every block of row 0, one more launch: each phase's duration in block 0 and the
+                // longest over the blocks (a phase ending in a cluster barrier waits for the slowest block)
+                if (n_kv >= 32768) {
+                    static long long tr[SPARSEK_CL_MAX_SIZE*16];
+                    CHECK(cudaMemset(trace_ptr, 0, sizeof(tr)));
+                    launch(d_kc, 0);
+                    CHECK(cudaDeviceSynchronize());
+                    CHECK(cudaMemcpy(tr, trace_ptr, sizeof(tr), cudaMemcpyDeviceToHost));
+                    const char * names[] = {"", "q8", "scores", "lse merged", "keys+hist", "find", "candidates", "ranked",
+                                            "kept bits+scan", "cluster sync", "list"};
+                    printf("  phases, cycles (block 0 / longest block):");
+                    for (int m = 1; m <= 10; ++m) {
+                        long long b0 = -1, mx = -1;
+                        for (int r = 0; r < cluster; ++r) {
+                            const long long * t = tr + r*16;
+                            int prev = m - 1;
+                            while (prev > 0 && t[prev] == 0) {
+                                prev--;
+                            }
+                            const long long d = t[m] && t[prev] ? t[m] - t[prev] : -1;
+                            if (r == 0) {
+                                b0 = d;
+                            }
+                            mx = std::max(mx, d);
+                        }
+                        printf(" %s %lld/%lld |", names[m], b0, mx);
+                    }
+                    printf("\n");
                 }
-                // phase clocks of block 0 of row 0, one more launch
-                CHECK(cudaMemset(trace_ptr, 0, 16*sizeof(long long)));
-                launch(d_kc, 0);
-                CHECK(cudaDeviceSynchronize());
-                long long tr[16];
-                CHECK(cudaMemcpy(tr, trace_ptr, sizeof(tr), cudaMemcpyDeviceToHost));
-                printf("  phases (cycles after start): q8 %lld | scores+lse %lld | merged %lld | keys+hist %lld | find %lld | candidates %lld | ranked %lld | list %lld\n",
-                       tr[1] - tr[0], tr[2] - tr[0], tr[3] - tr[0], tr[4] - tr[0], tr[5] ? tr[5] - tr[0] : -1,
-                       tr[6] ? tr[6] - tr[0] : -1, tr[7] - tr[0], tr[8] - tr[0]);
             }
         }
         cudaFree(d_kc); cudaFree(d_q); cudaFree(d_mask); cudaFree(d_keep); cudaFree(d_list); cudaFree(d_counts); cudaFree(d_lg); cudaFree(d_part);
