@@ -59,7 +59,7 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
 def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_build, short_text: Path) -> None:
     out = tmp_path / "report"
     proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "-c", "128", "--chunks", "2", "--depths",
-                "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--rounds", "2", "-t", "2", "--quiet",
+                "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--processes", "2", "-t", "2", "--quiet",
                 "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
@@ -77,7 +77,8 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     assert {(s["top_k"], s["test"], s["depth"]) for s in sp["sparse"]} == {
         (k, t, d) for k in (16, 64) for t in ("pp64", "tg4") for d in (0, 256)}
     assert all(len(s["samples_ts"]) == 2 and s["ratio_min"] <= s["ratio"] <= s["ratio_max"] for s in sp["sparse"])
-    # raw llama-bench records: 3 configs x 2 rounds x 2 tests x 2 depths, with the Sparse-K fields that ran
+    assert all(s["spread"] == max(s["samples_ts"]) / min(s["samples_ts"]) for s in sp["sparse"] + sp["dense"])
+    # raw llama-bench records: 3 configs x 2 processes x 2 tests x 2 depths, with the Sparse-K fields that ran
     recs = doc["llama_bench_records"]
     assert len(recs) == 24
     assert sorted({r["sparsek_topk"] for r in recs}) == [0, 16, 64]
@@ -96,7 +97,7 @@ def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_p
     out = tmp_path / "report"
     proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
                 "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
-                "--reps", "1", "--rounds", "1", "-t", "2", "--quiet", "--out", str(out))
+                "--reps", "1", "--processes", "1", "-t", "2", "--quiet", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
     want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
@@ -174,7 +175,7 @@ def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest
 
     monkeypatch.setattr(speed, "run", fake_run)
     want = SparsekSettings(top_k=64, mode="group", window=64, stride=16, sinks=4)
-    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], rounds=1, n_prompt=8, n_gen=4,
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], processes=1, n_prompt=8, n_gen=4,
                       depths=[0])
     cmd = seen[0]
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-sk")}
@@ -190,6 +191,7 @@ def test_results_round_trip_through_json(tmp_path: Path) -> None:
         Perplexity,
         Quality,
         QualityRow,
+        Rate,
         Speed,
         SpeedRow,
     )
@@ -199,10 +201,13 @@ def test_results_round_trip_through_json(tmp_path: Path) -> None:
                     {"path": "t.txt"}, options, None,
                     Quality(Perplexity(10.0, 0.1, [10.0]), Perplexity(10.0, 0.1, [10.0]), True,
                             [QualityRow(8, 11.0, 0.2, 10.0, 0.1, 0.01, 90.0)]),
-                    Speed([DenseSpeed("tg32", 0, 4.0, [4.0])],
-                          [SpeedRow(options.at(8), "tg32", 0, 5.0, 4.0, 1.25, 1.2, 1.3, [5.0])]), [])
+                    Speed([DenseSpeed("tg32", 0, Rate((4.0, 4.2), (0.5, None)))],
+                          [SpeedRow(options.at(8), "tg32", 0, Rate((5.0, 5.5), (0.5, None)), Rate((4.0, 4.2)))]), [])
     doc = json.loads(json.dumps(r.to_json()))
     assert doc["schema"] == results.SCHEMA
     assert doc["options"]["mode"] == "group" and doc["options"]["stride"] == 16
-    assert doc["speed"]["sparse"][0]["sinks"] == 4 and doc["speed"]["sparse"][0]["top_k"] == 8
+    row = doc["speed"]["sparse"][0]
+    assert row["sinks"] == 4 and row["top_k"] == 8
+    assert row["tokens_per_s"] == 5.25 and row["spread"] == 1.1 and row["dense_tokens_per_s"] == 4.1
+    assert row["ratio"] == (5.0 / 4.0 + 5.5 / 4.2) / 2 and row["load_1min"] == [0.5, None]
     assert BenchResult.from_json(doc) == r

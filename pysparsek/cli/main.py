@@ -144,7 +144,7 @@ def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOpt
                         chunks=args.chunks, threads=args.threads, ngl=args.n_gpu_layers,
                         flash_attn=args.flash_attn == "on", batch=args.batch_size, ubatch=args.ubatch_size,
                         depths=args.depths, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps,
-                        rounds=args.rounds, backend=args.backend, quiet=args.quiet or args.json,
+                        processes=args.processes, backend=args.backend, quiet=args.quiet or args.json,
                         skip_speed=args.skip_speed, regime=args.regime, prompt_tokens=args.prompt_tokens,
                         decode_tokens=args.decode_tokens, rpc=args.rpc or "")
 
@@ -307,12 +307,15 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=_positive, default=2048, help="default: 2048")
     p.add_argument("-ub", "--ubatch-size", type=_positive, default=512, help="default: 512")
     p.add_argument("--depths", type=depth_list, default=[0, 8192], help="KV depths for the speed tests; Sparse-K "
-                   "pays off at long ones (default: 0,8192; the cache is filled once per round)")
+                   "pays off at long ones (default: 0,8192; the cache is filled once per process)")
     p.add_argument("--n-prompt", type=_positive, default=512, help="prompt tokens per speed test (default: 512)")
     p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
     p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
-    p.add_argument("--rounds", type=_positive, default=2, help="interleaved rounds over dense and each K "
-                   "(default: 2)")
+    p.add_argument("--processes", type=_positive, default=3, help="separate llama-bench processes per setting "
+                   "(rounds, dense and each K interleaved in each); speed is reported as the median over them and "
+                   "their spread, max/min (default: 3)")
+    # the option's earlier name
+    p.add_argument("--rounds", dest="processes", type=_positive, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--regime", choices=["prompt", "decode"], default="prompt",
                    help="quality: prompt = llama-perplexity, every token a row of a prompt batch (default); decode = "
                         "per chunk a dense prompt, then tokens decoded one at a time under Sparse-K")

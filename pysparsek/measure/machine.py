@@ -30,12 +30,21 @@ def gpus() -> list[str]:
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
 
 
+def load_1min() -> float | None:
+    """The 1-minute load average: timings taken while other work runs on the cores say little."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def describe() -> dict[str, object]:
     mem = None
     with contextlib.suppress(ValueError, OSError):
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"cpu": cpu_model(), "cpu_amx": amx.cpu_amx_flags(), "cores": os.cpu_count(), "memory_bytes": mem,
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(), "gpus": gpus()}
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(), "gpus": gpus(),
+            "load_1min": load_1min()}
 
 
 def one_line(info: dict[str, object] | None = None) -> str:

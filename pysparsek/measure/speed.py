@@ -1,9 +1,13 @@
-"""Token rates from `llama-bench -o json`, dense and Sparse-K runs interleaved so machine drift hits both."""
+"""Token rates from `llama-bench -o json`: every setting in several separate llama-bench processes, dense and
+Sparse-K interleaved within each round so machine drift hits both.
+
+A setting's speed can differ from one process to the next for the same command (issue #23), so each setting is
+measured in `processes` processes and reported as a `Rate` (the samples, their median and max/min spread).
+"""
 
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +15,8 @@ from typing import Any
 
 from pysparsek.errors import UserError
 from pysparsek.llamacpp.build import Build
+from pysparsek.measure import machine
+from pysparsek.measure.results import DenseSpeed, Rate, Speed, SpeedRow
 from pysparsek.proc import ToolError, run
 from pysparsek.sparsek.settings import SparsekSettings, bench_flags
 
@@ -34,12 +40,13 @@ class Measurement:
     config: SparsekSettings  # canonical()
     test: str          # "pp512" or "tg32"
     depth: int
-    samples_ts: list[float] = field(default_factory=list)  # one mean tokens/s per round
+    samples_ts: list[float] = field(default_factory=list)  # one mean tokens/s per process (round)
     records: list[dict[str, Any]] = field(default_factory=list)
+    loads: list[float | None] = field(default_factory=list)  # 1-minute load average as each process started
 
     @property
-    def median_ts(self) -> float:
-        return statistics.median(self.samples_ts)
+    def rate(self) -> Rate:
+        return Rate(tuple(self.samples_ts), tuple(self.loads))
 
 
 def bench_once(build: Build, model: Path, settings: list[SparsekSettings], *, n_prompt: int, n_gen: int,
@@ -116,21 +123,26 @@ def batches(configs: list[SparsekSettings]) -> list[Batch]:
     return [Batch(shared, tuple(ks), tuple(types)) for shared, (ks, types) in groups.items()]
 
 
-def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, rounds: int, n_prompt: int, n_gen: int,
-                depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True, ngl: int = 0,
-                progress: Callable[[str], None] | None = None, extra: tuple[str, ...] = ()) -> list[Measurement]:
-    """`rounds` passes over all configs; within a pass dense and every K run in turn.
+def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, processes: int, n_prompt: int,
+                n_gen: int, depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True,
+                ngl: int = 0, progress: Callable[[str], None] | None = None,
+                extra: tuple[str, ...] = ()) -> list[Measurement]:
+    """Every config measured in `processes` separate llama-bench processes: `processes` rounds, each starting one
+    process per batch (dense and the Ks of one mode share one), so the i-th sample of every config comes from
+    round i.
 
-    Dense and the Ks of one mode share one llama-bench process per pass, so the KV cache at each depth is filled
-    once (densely) and restored for the other runs (llama-bench's own depth cache): decode and prompt speed at a
-    depth do not depend on how the cache was filled, and the fill dominates the run time at long depths.
+    Sharing a process, dense and the Ks of a mode fill the KV cache at each depth once (densely) and restore it for
+    the other runs (llama-bench's own depth cache): decode and prompt speed at a depth do not depend on how the
+    cache was filled, and the fill dominates the run time at long depths.
     """
     results: dict[tuple[SparsekSettings, str, int], Measurement] = {}
     wanted = {canonical(c) for c in configs}
-    for r in range(rounds):
+    for r in range(processes):
         for b in batches(configs):
+            load = machine.load_1min()
             if progress:
-                progress(f"round {r + 1}/{rounds}: {b.label}")
+                progress(f"process {r + 1}/{processes}: {b.label}"
+                         + ("" if load is None else f" (load {load:.2f})"))
             for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
                                   reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl, extra=extra):
                 config = record_config(rec)
@@ -142,36 +154,17 @@ def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, ro
                 m = results.setdefault(key, Measurement(config, key[1], key[2]))
                 m.samples_ts.append(float(rec["avg_ts"]))
                 m.records.append(rec)
+                m.loads.append(load)
+    for m in results.values():
+        if len(m.samples_ts) != processes:
+            raise SpeedError(f"{m.config.label} {m.test} at depth {m.depth}: {len(m.samples_ts)} results from "
+                             f"{processes} llama-bench processes (one expected from each)")
     return list(results.values())
 
 
-@dataclass
-class Ratio:
-    config: SparsekSettings
-    test: str
-    depth: int
-    ts: float
-    dense_ts: float
-    ratio: float          # median of per-round ratios (sparse / dense, same round)
-    spread: tuple[float, float]  # min and max per-round ratio
-
-
-def ratios(measurements: list[Measurement]) -> list[Ratio]:
-    dense = {(m.test, m.depth): m for m in measurements if m.config.top_k == 0}
-    out = []
-    for m in measurements:
-        d = dense.get((m.test, m.depth))
-        if d is None:
-            continue
-        per_round = [s / b for s, b in zip(m.samples_ts, d.samples_ts, strict=False)]
-        out.append(Ratio(m.config, m.test, m.depth, m.median_ts, d.median_ts, statistics.median(per_round),
-                         (min(per_round), max(per_round))))
-    return out
-
-
-def table(rows: list[Ratio]) -> str:
-    lines = [f"{'config':<28} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} {'spread':>15}"]
-    for r in sorted(rows, key=lambda r: (r.test, r.depth, r.config.top_k, r.config.mode)):
-        lines.append(f"{r.config.label:<28} {r.test:>6} {r.depth:>6} {r.ts:>9.2f} {r.dense_ts:>10.2f} "
-                     f"{r.ratio:>7.3f} {r.spread[0]:>7.3f}-{r.spread[1]:<7.3f}")
-    return "\n".join(lines)
+def summarize(measurements: list[Measurement]) -> Speed:
+    """Dense's rates, and each Sparse-K config's rate against dense's of the same rounds."""
+    dense = {(m.test, m.depth): m for m in measurements if m.config == DENSE}
+    return Speed([DenseSpeed(m.test, m.depth, m.rate) for m in dense.values()],
+                 [SpeedRow(m.config, m.test, m.depth, m.rate, dense[(m.test, m.depth)].rate)
+                  for m in measurements if m.config.top_k and (m.test, m.depth) in dense])
