@@ -2,11 +2,11 @@
 """Decode and prompt speed at one depth on this CPU: dense vs Sparse-K (decode-only policy; exact or score-copy
 scoring, each mode) vs dense with a quantized KV cache, from llama-bench -o json.
 
-Every setting runs in `--processes` separate llama-bench processes (rounds; in each round dense and the Ks of a mode
-share one process, the other modes and the quantized caches get their own): a setting's speed can differ from one
-process to the next for the same command (issue #23), so each is reported as the median over the processes with
-its min-max and spread (max/min), and each ratio as the median of same-round ratios to dense (f16 cache). The issue's
-targets (spread <= 10 %, group exact >= 1.4x, q4_0 copy >= 2.0x dense) are checked at the end.
+Every setting runs in `--processes` separate llama-bench processes (rounds; in each round dense and every Sparse-K
+setting share one process, which fills the cache once; the quantized caches get their own): a setting's speed can
+differ from one process to the next for the same command (issue #23), so each is reported as the median over the
+processes with its min-max and spread (max/min), and each ratio as the median of same-round ratios to dense (f16
+cache). The issue's targets (spread <= 10 %, group exact >= 1.4x, q4_0 copy >= 2.0x dense) are checked at the end.
 
 Usage: .venv/bin/python scripts/cpu_speed_targets.py [--depth 8192] [--configs 128:group,128:group:q4_0,128:head]
        [--processes 8] [--reps 2] [--n-prompt 512] [--no-caches]

@@ -117,7 +117,8 @@ def child(args: argparse.Namespace) -> int:
         raise SystemExit("llama_state_load_file failed")
     m.n_tokens = n_out.value
     m.input_ids[: n_out.value] = arr[: n_out.value]
-    toks = json.loads(state_path(args).with_suffix(".tokens.json").read_text())[args.depth:][: args.warmup + args.tokens]
+    toks = json.loads(state_path(args).with_suffix(".tokens.json").read_text())
+    toks = toks[args.depth: args.depth + args.warmup + args.tokens]
     for t in toks[: args.warmup]:
         m.eval([t])
     before = _threads()
@@ -140,13 +141,19 @@ def parent(args: argparse.Namespace) -> int:
 
     if not state_path(args).is_file():
         subprocess.run([sys.executable, __file__, "--fill", *_common(args)], check=True)
+    from pysparsek.llamacpp import build
+
     env = dict(os.environ)
+    # the libraries next to libllama, not those its RUNPATH names (a build copied from another tree)
+    lib_dir = Path(args.lib_dir) if args.lib_dir else build.require("patched", auto_build=False).lib_dir
+    env["LD_LIBRARY_PATH"] = str(lib_dir.resolve())
     env.update(dict(e.split("=", 1) for e in args.env))
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in args.configs.split(",")}
     t0 = time.time()
     for p in range(args.processes):
         for c in rows:
-            cmd = [*shlex.split(args.wrap), sys.executable, __file__, "--child", c, *_common(args)]
+            wrap = args.wrap.format(n=f"{p:02d}-{c.replace(':', '-')}")
+            cmd = [*shlex.split(wrap), sys.executable, __file__, "--child", c, *_common(args)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -187,7 +194,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measuring processes")
-    ap.add_argument("--wrap", default="", help="command prefix for each measuring process (taskset, perf record)")
+    ap.add_argument("--wrap", default="", help="command prefix for each measuring process (taskset, perf record); "
+                    "{n} becomes the process's round and setting, for output file names")
     ap.add_argument("--lib-dir", help="libllama directory (default: the patched CPU build)")
     ap.add_argument("--json")
     ap.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)

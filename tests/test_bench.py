@@ -127,21 +127,22 @@ def test_bench_quality_runs_get_the_same_setting() -> None:
                      "--sparsek-max-ubatch": "0"}
 
 
-def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
+def test_dense_and_every_mode_share_one_llama_bench_run_per_round() -> None:
+    """K, score type and mode are llama-bench sweeps: one process fills the cache once for all of them."""
     from pysparsek.measure.speed import DENSE, Batch, batches
 
-    head = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None)
-    group, token = head.replace(mode="group"), head.replace(mode="token")
+    base = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None, mode=None)
     S = SparsekSettings
-    assert batches([DENSE, S(top_k=64), S(top_k=256)]) == [Batch(head, (0, 64, 256), ("none",))]
+    assert batches([DENSE, S(top_k=64), S(top_k=256)]) == [Batch(base, (0, 64, 256), ("none",), ("head",))]
     assert batches([DENSE, S(top_k=64, mode="group"), S(top_k=64, mode="token"), S(top_k=256, mode="group")]) == [
-        Batch(group, (0, 64, 256), ("none",)), Batch(token, (64,), ("none",))]
-    assert batches([DENSE]) == [Batch(head, (0,), ("none",))]
+        Batch(base, (0, 64, 256), ("none",), ("group", "token"))]
+    assert batches([DENSE]) == [Batch(base, (0,), ("none",), ("head",))]
     # score types share the process (dense stays without a score copy); a policy, a stride or sinks get their own
     assert batches([DENSE, S(top_k=64, score_type="q4_0"), S(top_k=64, max_ubatch=1),
                     S(top_k=64, stride=16, sinks=4)]) == [
-        Batch(head, (0, 64), ("none", "q4_0")), Batch(head.replace(max_ubatch=1), (64,), ("none",)),
-        Batch(head.replace(stride=16, sinks=4), (64,), ("none",))]
+        Batch(base, (0, 64), ("none", "q4_0"), ("head",)),
+        Batch(base.replace(max_ubatch=1), (64,), ("none",), ("head",)),
+        Batch(base.replace(stride=16, sinks=4), (64,), ("none",), ("head",))]
 
 
 def test_llama_bench_records_map_back_to_settings() -> None:

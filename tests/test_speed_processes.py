@@ -54,9 +54,9 @@ def test_rate_is_its_samples_median_and_spread() -> None:
 def test_every_setting_runs_in_as_many_separate_processes(fake: FakeLlamaBench) -> None:
     meas = speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, GROUP, HEAD], processes=4, n_prompt=0,
                              n_gen=32, depths=[8192])
-    # one llama-bench process per round and batch (dense shares group's; head has its own)
-    assert len(fake.commands) == 4 * 2
-    assert [c[c.index("-skm") + 1] for c in fake.commands] == ["group", "head"] * 4
+    # one llama-bench process per round: dense, group and head share it (one fill of the cache per process)
+    assert len(fake.commands) == 4
+    assert {c[c.index("-skm") + 1] for c in fake.commands} == {"group,head"}
     by = {m.config: m for m in meas}
     assert {c: len(m.samples_ts) for c, m in by.items()} == {speed.canonical(c): 4 for c in (speed.DENSE, GROUP, HEAD)}
     # samples in process order: the bimodal setting's slow processes are the odd rounds
@@ -134,8 +134,8 @@ def test_cpu_speed_targets_runs_each_setting_in_eight_processes(fake: FakeLlamaB
     monkeypatch.setattr(models, "default_model", lambda: Path("SmolLM2.gguf"))
     out = tmp_path / "targets"
     assert mod.main(["--configs", "128:group,128:head", "--no-caches", "--n-prompt", "0", "--out", str(out)]) == 0
-    # default 8 processes: per round one for dense + group, one for head
-    assert len(fake.commands) == 16
+    # default 8 processes: per round one for dense, group and head
+    assert len(fake.commands) == 8
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["processes"] == 8
     rows = {r["setting"]: r for r in doc["rows"]}
@@ -157,3 +157,16 @@ def test_cpu_speed_targets_parses_configs() -> None:
     assert mod.parse_config("128:group:q4_0") == SparsekSettings(top_k=128, mode="group", score_type="q4_0",
                                                                  max_ubatch=1)
     assert mod.setting_label(mod.parse_config("256:head")) == "K=256 head exact, decode-only"
+
+
+def test_a_shared_process_records_each_asked_setting_once(fake: FakeLlamaBench) -> None:
+    """Sweeping K x score type x mode runs combinations nobody asked for (head with a q4_0 copy, group exact,
+    dense once per mode); only the asked settings are recorded, one sample per process each."""
+    q4 = SparsekSettings(top_k=128, mode="group", score_type="q4_0")
+    meas = speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, q4, HEAD], processes=2, n_prompt=0,
+                             n_gen=32, depths=[0])
+    (cmd,) = set(map(tuple, fake.commands))
+    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-")}
+    assert (flags["-sk"], flags["-skst"], flags["-skm"]) == ("0,128", "none,q4_0", "group,head")
+    assert sorted((m.config.label, len(m.samples_ts)) for m in meas) == sorted(
+        (speed.canonical(c).label, 2) for c in (speed.DENSE, q4, HEAD))

@@ -78,49 +78,57 @@ def record_config(record: dict[str, Any]) -> SparsekSettings:
 
 
 # llama-bench sweeps these within one process; a change of any other field starts another process
-SWEPT = ("top_k", "score_type")
+SWEPT = ("top_k", "score_type", "mode")
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One llama-bench process: its K list (0 = dense) x score types, the other fields shared."""
+    """One llama-bench process: its K list (0 = dense) x score types x modes, the other fields shared."""
     shared: SparsekSettings   # the fields other than SWEPT
     top_ks: tuple[int, ...]
     score_types: tuple[str, ...]
+    modes: tuple[str, ...]
 
     @property
     def settings(self) -> list[SparsekSettings]:
-        return [self.shared.replace(top_k=k, score_type=t) for k in self.top_ks for t in self.score_types]
+        return [self.shared.replace(top_k=k, score_type=t, mode=m)
+                for k in self.top_ks for t in self.score_types for m in self.modes]
+
+    def swept(self, config: SparsekSettings) -> bool:
+        """Whether llama-bench's cross product of this batch runs config (asked for or not)."""
+        return (int(config.top_k or 0) in self.top_ks and (not config.top_k or (
+            config.score_type in self.score_types and config.mode in self.modes)))
 
     @property
     def label(self) -> str:
-        return f"K={','.join(map(str, self.top_ks))} {self.shared.details()}"
+        return f"K={','.join(map(str, self.top_ks))} {'/'.join(self.modes)} {self.shared.details()}".strip()
 
 
 def batches(configs: list[SparsekSettings]) -> list[Batch]:
     """Configs grouped into llama-bench runs: one per combination of the fields that are not swept, dense (K=0)
     in the first.
 
-    llama-bench sweeps K x score type, so a batch with several score types also runs combinations nobody asked
-    for (dense with a score copy, for one); interleaved() drops those.
+    A process fills the KV cache at each depth once, which dominates its time at long depths, so K, score type
+    and mode share it. llama-bench runs the cross product of the three, so a batch can also run combinations
+    nobody asked for (dense with a score copy, dense once per mode, a mode at a score type asked only for
+    another); interleaved() drops those.
     """
-    groups: dict[SparsekSettings, tuple[list[int], list[str]]] = {}
+    groups: dict[SparsekSettings, tuple[list[int], list[str], list[str]]] = {}
     configs = [canonical(c) for c in configs]
     for c in configs:
         if c.top_k:
-            ks, types = groups.setdefault(c.replace(top_k=None, score_type=None), ([], []))
-            if c.top_k not in ks:
-                ks.append(c.top_k)
-            if c.score_type not in types:
-                types.append(c.score_type)
+            ks, types, modes = groups.setdefault(c.replace(top_k=None, score_type=None, mode=None), ([], [], []))
+            for values, v in ((ks, c.top_k), (types, c.score_type), (modes, c.mode)):
+                if v not in values:
+                    values.append(v)
     if DENSE in configs:
         if not groups:
-            groups[DENSE.replace(top_k=None, score_type=None)] = ([], ["none"])
+            groups[DENSE.replace(top_k=None, score_type=None, mode=None)] = ([], ["none"], [str(DENSE.mode)])
         first = next(iter(groups))
         groups[first][0].insert(0, 0)
         if "none" not in groups[first][1]:
             groups[first][1].insert(0, "none")
-    return [Batch(shared, tuple(ks), tuple(types)) for shared, (ks, types) in groups.items()]
+    return [Batch(shared, tuple(ks), tuple(types), tuple(modes)) for shared, (ks, types, modes) in groups.items()]
 
 
 def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, processes: int, n_prompt: int,
@@ -143,14 +151,18 @@ def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, pr
             if progress:
                 progress(f"process {r + 1}/{processes}: {b.label}"
                          + ("" if load is None else f" (load {load:.2f})"))
+            seen = set()
             for rec in bench_once(build, model, b.settings, n_prompt=n_prompt, n_gen=n_gen, depths=depths,
                                   reps=reps, threads=threads, flash_attn=flash_attn, ngl=ngl, extra=extra):
                 config = record_config(rec)
                 if config not in wanted:
-                    if len(b.score_types) > 1 and int(rec["sparsek_topk"]) in b.top_ks:
-                        continue  # a K × score-type combination of the sweep that was not asked for
+                    if b.swept(config):
+                        continue  # a combination of the sweep that was not asked for
                     raise SpeedError(f"llama-bench reported a run nobody asked for: {config.label}")
                 key = (config, test_name(rec), int(rec["n_depth"]))
+                if key in seen:
+                    continue  # dense again, once per mode of the sweep: the first one counts
+                seen.add(key)
                 m = results.setdefault(key, Measurement(config, key[1], key[2]))
                 m.samples_ts.append(float(rec["avg_ts"]))
                 m.records.append(rec)
