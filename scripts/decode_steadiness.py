@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,12 @@ def child(args: argparse.Namespace) -> int:
     toks = toks[args.depth: args.depth + args.warmup + args.tokens]
     for t in toks[: args.warmup]:
         m.eval([t])
+    perf = None
+    if args.perf:
+        # cpu-clock samples of the timed decodes only, every thread of this process
+        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-o", args.perf,
+                                 "-p", str(os.getpid())], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # let perf attach
     before = _threads()
     times = []
     for t in toks[args.warmup:]:
@@ -128,6 +135,9 @@ def child(args: argparse.Namespace) -> int:
         m.eval([t])
         times.append(time.perf_counter() - t0)
     after = _threads()
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     threads = {tid: {"voluntary": a["voluntary"] - before.get(tid, a)["voluntary"],
                      "involuntary": a["involuntary"] - before.get(tid, a)["involuntary"], "cpu": a["cpu"]}
                for tid, a in after.items()}
@@ -152,8 +162,11 @@ def parent(args: argparse.Namespace) -> int:
     t0 = time.time()
     for p in range(args.processes):
         for c in rows:
-            wrap = args.wrap.format(n=f"{p:02d}-{c.replace(':', '-')}")
-            cmd = [*shlex.split(wrap), sys.executable, __file__, "--child", c, *_common(args)]
+            n = f"{p:02d}-{c.replace(':', '-')}"
+            cmd = [*shlex.split(args.wrap.format(n=n)), sys.executable, __file__, "--child", c, *_common(args)]
+            if args.perf_dir:
+                Path(args.perf_dir).mkdir(parents=True, exist_ok=True)
+                cmd += ["--perf", str(Path(args.perf_dir) / f"{n}.data")]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -196,6 +209,8 @@ def main() -> int:
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measuring processes")
     ap.add_argument("--wrap", default="", help="command prefix for each measuring process (taskset, perf record); "
                     "{n} becomes the process's round and setting, for output file names")
+    ap.add_argument("--perf-dir", help="record each process's timed decodes with perf (cpu-clock) into DIR/N.data")
+    ap.add_argument("--perf", help=argparse.SUPPRESS)
     ap.add_argument("--lib-dir", help="libllama directory (default: the patched CPU build)")
     ap.add_argument("--json")
     ap.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)
