@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--model")
     ap.add_argument("--no-caches", action="store_true", help="skip the dense runs with q8_0/q4_0 K/V caches (slow)")
+    ap.add_argument("--max-busy", type=float, default=1.0, help="before each llama-bench process, wait until the "
+                    "CPUs were at most this busy over 3 s (e.g. 0.1 on a shared machine; default 1 = never wait)")
     ap.add_argument("--out", default="results/cpu-speed-targets")
     args = ap.parse_args(argv)
     if args.processes < 1:
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
               "threads": args.threads, "flash_attn": True, "ngl": 0}
     caches = [] if args.no_caches else [(f"dense, cache {t}", ("-ctk", t, "-ctv", t)) for t in CACHES]
     t0 = time.time()
+
+    def gate() -> None:
+        if args.max_busy < 1:
+            machine.wait_until_idle(args.max_busy, log=lambda m: print(m, file=sys.stderr, flush=True))
+
     rounds = []
     for p in range(args.processes):
         one: list[tuple[str, SparsekSettings | None, str, float, float | None]] = []
@@ -146,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.time() - t0:5.0f} s] process {p + 1}/{args.processes}: {label}", file=sys.stderr,
                   flush=True)
 
-        for m in speed.interleaved(patched, model, configs, processes=1, progress=progress, **common):
+        for m in speed.interleaved(patched, model, configs, processes=1, progress=progress, gate=gate, **common):
             sparse = m.config.top_k
             one.append((setting_label(m.config) if sparse else "dense", m.config if sparse else None, m.test,
                         m.samples_ts[0], m.loads[0]))
         for label, extra in caches:
             for m in speed.interleaved(patched, model, [speed.DENSE], processes=1, progress=progress, extra=extra,
-                                       **common):
+                                       gate=gate, **common):
                 one.append((label, None, m.test, m.samples_ts[0], m.loads[0]))
         rounds.append(one)
     rows = collect(rounds)

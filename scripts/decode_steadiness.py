@@ -167,16 +167,20 @@ def parent(args: argparse.Namespace) -> int:
             if args.perf_dir:
                 Path(args.perf_dir).mkdir(parents=True, exist_ok=True)
                 cmd += ["--perf", str(Path(args.perf_dir) / f"{n}.data")]
+            busy = machine.wait_until_idle(args.max_busy, log=lambda m: print(m, file=sys.stderr, flush=True)) \
+                if args.max_busy < 1 else None
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             if args.wrap:
                 rec["wrap_stderr"] = out.stderr[-4000:]
+            rec["busy_before"] = busy
             rows[c].append(rec)
             sw = {k: (v["voluntary"], v["involuntary"], v["cpu"]) for k, v in rec["threads"].items()}
             print(f"[{time.time() - t0:5.0f} s] {p + 1}/{args.processes} {c:<16} {rec['ts']:7.2f} t/s  load "
-                  f"{rec['load_1min']:.2f}  threads (vol, invol, cpu): {sw}", file=sys.stderr, flush=True)
+                  f"{rec['load_1min']:.2f} busy before {busy if busy is None else round(busy, 3)}  "
+                  f"threads (vol, invol, cpu): {sw}", file=sys.stderr, flush=True)
     print(f"machine {machine.one_line()}; depth {args.depth}, {args.tokens} timed decodes after {args.warmup}, "
           f"{args.threads} threads, env {args.env or '-'}, wrap {args.wrap or '-'}")
     print(f"{'setting':<16} {'median':>8} {'min':>7} {'max':>7} {'spread':>7}  per process (t/s)")
@@ -185,7 +189,10 @@ def parent(args: argparse.Namespace) -> int:
         print(f"{c:<16} {statistics.median(ts):8.2f} {min(ts):7.2f} {max(ts):7.2f} {max(ts) / min(ts):7.3f}  "
               + " ".join(f"{v:.1f}" for v in ts))
     loads = [r["load_1min"] for recs in rows.values() for r in recs]
-    print(f"1-minute load as each process started: {min(loads):.2f}-{max(loads):.2f}")
+    invol = [sum(t["involuntary"] for t in r["threads"].values()) for recs in rows.values() for r in recs]
+    print(f"1-minute load as each process started: {min(loads):.2f}-{max(loads):.2f}; involuntary context switches "
+          f"during the timed decodes, per process: {min(invol)}-{max(invol)} (a process preempted by other work "
+          "has hundreds)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine.describe(), "rows": rows},
                                               indent=1) + "\n")
@@ -206,6 +213,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-busy", type=float, default=0.1, help="before each process, wait until the CPUs were at "
+                    "most this busy over 3 s (default 0.1; 1 = never wait)")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measuring processes")
     ap.add_argument("--wrap", default="", help="command prefix for each measuring process (taskset, perf record); "
                     "{n} becomes the process's round and setting, for output file names")

@@ -171,3 +171,18 @@ def test_a_shared_process_records_each_asked_setting_once(fake: FakeLlamaBench) 
     assert set(flags["-skst"].split(",")) == {"none", "q4_0"} and set(flags["-skm"].split(",")) == {"group", "head"}
     assert sorted((m.config.label, len(m.samples_ts)) for m in meas) == sorted(
         (speed.canonical(c).label, 2) for c in (speed.DENSE, q4, HEAD))
+
+
+def test_the_gate_runs_before_every_process(fake: FakeLlamaBench) -> None:
+    calls: list[int] = []
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, GROUP, SparsekSettings(top_k=128, max_ubatch=1)],
+                      processes=3, n_prompt=0, n_gen=32, depths=[0], gate=lambda: calls.append(len(fake.commands)))
+    # two batches (the policy gets its own process) x 3 rounds; each call sees the processes started before it
+    assert calls == [0, 1, 2, 3, 4, 5] and len(fake.commands) == 6
+
+
+def test_busy_fraction_is_a_share_of_all_cpus() -> None:
+    from pysparsek.measure import machine
+
+    assert 0.0 <= machine.busy_fraction(0.2) <= 1.0
+    assert machine.wait_until_idle(1.0, seconds=0.1) <= 1.0

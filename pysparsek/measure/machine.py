@@ -7,6 +7,9 @@ import os
 import platform
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from pysparsek.llamacpp import amx
 
@@ -36,6 +39,32 @@ def load_1min() -> float | None:
         return os.getloadavg()[0]
     except OSError:
         return None
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """Share of all CPUs' time spent busy over the next `seconds` (0 = idle, 1 = every core busy)."""
+    b0, t0 = _cpu_times()
+    time.sleep(seconds)
+    b1, t1 = _cpu_times()
+    return (b1 - b0) / max(t1 - t0, 1)
+
+
+def wait_until_idle(max_busy: float, seconds: float = 3.0, log: Callable[[str], None] | None = None) -> float:
+    """Block until the CPUs were at most `max_busy` busy over `seconds`; returns that busy share. Timings taken
+    while other work runs on the cores say little (spinning threads lose their time slices)."""
+    waited = 0.0
+    while (busy := busy_fraction(seconds)) > max_busy:
+        waited += seconds
+        if log and waited % 60 < seconds:
+            log(f"waiting for idle CPUs: {100 * busy:.0f} % busy")
+    return busy
 
 
 def describe() -> dict[str, object]:

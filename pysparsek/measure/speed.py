@@ -134,10 +134,10 @@ def batches(configs: list[SparsekSettings]) -> list[Batch]:
 def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, processes: int, n_prompt: int,
                 n_gen: int, depths: list[int], reps: int = 1, threads: int | None = None, flash_attn: bool = True,
                 ngl: int = 0, progress: Callable[[str], None] | None = None,
-                extra: tuple[str, ...] = ()) -> list[Measurement]:
+                extra: tuple[str, ...] = (), gate: Callable[[], object] | None = None) -> list[Measurement]:
     """Every config measured in `processes` separate llama-bench processes: `processes` rounds, each starting one
     process per batch (dense and the Ks of one mode share one), so the i-th sample of every config comes from
-    round i.
+    round i. `gate`, if given, is called before each process starts (e.g. to wait for idle CPUs).
 
     Sharing a process, dense and the Ks of a mode fill the KV cache at each depth once (densely) and restore it for
     the other runs (llama-bench's own depth cache): decode and prompt speed at a depth do not depend on how the
@@ -147,6 +147,8 @@ def interleaved(build: Build, model: Path, configs: list[SparsekSettings], *, pr
     wanted = {canonical(c) for c in configs}
     for r in range(processes):
         for b in batches(configs):
+            if gate:
+                gate()
             load = machine.load_1min()
             if progress:
                 progress(f"process {r + 1}/{processes}: {b.label}"
