@@ -16,6 +16,7 @@ Usage: .venv/bin/python scripts/decode_steadiness.py [--configs dense,128:group,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -141,7 +142,11 @@ def child(args: argparse.Namespace) -> int:
     threads = {tid: {"voluntary": a["voluntary"] - before.get(tid, a)["voluntary"],
                      "involuntary": a["involuntary"] - before.get(tid, a)["involuntary"], "cpu": a["cpu"]}
                for tid, a in after.items()}
+    # the last token's logits, so runs of different builds can be checked for bit-identical results
+    logits = ctypes.string_at(llama_cpp.llama_get_logits(m.ctx), 4 * llama_cpp.llama_n_vocab(
+        llama_cpp.llama_model_get_vocab(m.model)))
     print(json.dumps({"config": args.config, "ts": len(times) / sum(times), "ms": [1e3 * t for t in times],
+                      "logits_sha256": hashlib.sha256(logits).hexdigest(),
                       "load_1min": load, "threads": threads, "pid": os.getpid()}))
     return 0
 
@@ -173,6 +178,7 @@ def parent(args: argparse.Namespace) -> int:
             if out.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
             rec = json.loads(out.stdout.strip().splitlines()[-1])
+            rec["diag"] = [ln for ln in out.stderr.splitlines() if ln.startswith("GGML_DIAG")]  # a diagnostic build
             if args.wrap:
                 rec["wrap_stderr"] = out.stderr[-4000:]
             rec["busy_before"] = busy
