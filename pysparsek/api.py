@@ -1,7 +1,8 @@
 """The public Python surface: the operations of the command line as functions with typed results.
 
     from pysparsek import api
-    m = api.load("model.gguf", api.SparsekSettings(top_k=64, mode="group"), n_ctx=4096)
+    m = api.load("model.gguf", api.SparsekSettings(top_k=64), n_ctx=4096)   # + the recommended settings
+    m = api.load("model.gguf", api.SparsekSettings(top_k=64, mode="head"), exact=True, n_ctx=4096)  # only these
     result = api.bench(topk=[64, 256], depths=[0, 2048])        # api.BenchResult: .quality, .speed
 """
 
@@ -17,6 +18,7 @@ from pysparsek.measure import bench as _bench
 from pysparsek.measure.results import BenchOptions, BenchResult, Quality, QualityRow, Speed, SpeedRow
 from pysparsek.report import markdown
 from pysparsek.sparsek import meta as _meta
+from pysparsek.sparsek import recommended as _recommended
 from pysparsek.sparsek.llm import get_sparsek, load, model_sparsek, set_sparsek
 from pysparsek.sparsek.settings import SparsekSettings
 
@@ -47,13 +49,18 @@ def build(flavor: str = "patched", backend: str = "cpu") -> _build.Build:
 
 
 def bench(model: str | Path | None = None, topk: list[int] | None = None, text: str | Path | None = None,
-          out: str | Path | None = None, sparsek: SparsekSettings | None = None, **options: Any) -> BenchResult:
-    """Quality and speed of Sparse-K vs dense at each K with the `sparsek` setting; options are BenchOptions
-    fields (ctx, depths, ...)."""
+          out: str | Path | None = None, sparsek: SparsekSettings | None = None, exact: bool = False,
+          **options: Any) -> BenchResult:
+    """Quality and speed of Sparse-K vs dense at each K with the `sparsek` setting: the recommended deployment
+    under the fields it sets (all of them as given, the rest off, with `exact`); options are BenchOptions fields
+    (ctx, depths, cache_types, ...). The quality regime defaults to the one the setting's policy implies."""
     model_path = models.check_gguf(Path(model)) if model else models.default_model()
     text_path = Path(text) if text else corpus.default_text()
-    result = _bench.run(BenchOptions(model=model_path, text=text_path, topks=topk or [64],
-                                     sparsek=sparsek or SparsekSettings.off(), quiet=True, **options))
+    setting = _recommended.for_run(sparsek or SparsekSettings(), exact=exact)
+    options.setdefault("regime", "decode" if _recommended.decode_only(setting, options.get("ubatch", 512))
+                       else "prompt")
+    result = _bench.run(BenchOptions(model=model_path, text=text_path, topks=topk or [64], sparsek=setting,
+                                     quiet=True, **options))
     if out:
         markdown.write_report(result, Path(out))
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,3 +45,10 @@ def run(
         shown = tail(proc.stdout or "") if capture else "(output above)"
         raise ToolError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {' '.join(argv)}\n{shown}")
     return proc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a local server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

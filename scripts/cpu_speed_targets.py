@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [speed.DENSE, *(parse_config(c) for c in args.configs.split(","))]
     common = {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "depths": [args.depth], "reps": args.reps,
               "threads": args.threads, "flash_attn": True, "ngl": 0}
-    caches = [] if args.no_caches else [(f"dense, cache {t}", ("-ctk", t, "-ctv", t)) for t in CACHES]
+    caches = () if args.no_caches else CACHES
     t0 = time.time()
 
     def gate() -> None:
@@ -153,14 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.time() - t0:5.0f} s] process {p + 1}/{args.processes}: {label}", file=sys.stderr,
                   flush=True)
 
-        for m in speed.interleaved(patched, model, configs, processes=1, progress=progress, gate=gate, **common):
+        # the Sparse-K batch (dense f16 in it), then dense with each quantized cache in its own process
+        for m in speed.interleaved(patched, model, configs, processes=1, progress=progress, gate=gate,
+                                   cache_types=caches, **common):
             sparse = m.config.top_k
-            one.append((setting_label(m.config) if sparse else "dense", m.config if sparse else None, m.test,
-                        m.samples_ts[0], m.loads[0]))
-        for label, extra in caches:
-            for m in speed.interleaved(patched, model, [speed.DENSE], processes=1, progress=progress, extra=extra,
-                                       gate=gate, **common):
-                one.append((label, None, m.test, m.samples_ts[0], m.loads[0]))
+            label = (setting_label(m.config) if sparse
+                     else "dense" if m.cache_type == speed.F16 else f"dense, cache {m.cache_type}")
+            one.append((label, m.config if sparse else None, m.test, m.samples_ts[0], m.loads[0]))
         rounds.append(one)
     rows = collect(rounds)
     tests = sorted({r.test for r in rows}, reverse=True)

@@ -9,6 +9,8 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   ppl     a real model's perplexity on the GPU and on the CPU with the patched build (--ppl-model, --ppl-text)
   profile test-backend-ops perf (CSV) for the Sparse-K selection and score products at Llama-3-8B decode/prefill
           shapes, with each one's time per decode step (x 32 layers) and its share of a stock step (--step-ms)
+  score_harness  the scoring experiment of issue #18 (scripts/cuda/sparsek_score_harness.cu): how fast the blocks
+          that select could score a row from the q4_0 copy of K themselves; checked against a CPU reference
   split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
           a bench JSON (--profile-json, --bench-json; runs anywhere)
   harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
@@ -95,7 +97,7 @@ def step_build(a: argparse.Namespace) -> None:
 
 
 # test-backend-ops eval on CUDA against the CPU: the mask op, flash attention's sparse gather (n_kv_max > 0), and
-# the quantized products over rows of a few blocks (the score copy's q.k, patch 0012)
+# the quantized products over rows of a few blocks (the score copy's q.k, patch 0013)
 CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]"),
                ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),")]
 
@@ -199,10 +201,9 @@ def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: a
 
 
 def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[str]:
-    """CUDA's sparse-gather log lines (GGML_CUDA_SPARSE_FA_LOG) in a short verbose decode: llama-bench mutes logs
+    """CUDA's sparse-gather debug log line (once per process) in a short verbose decode: llama-bench mutes logs
     unless -v, and -v logs at debug level, so the timed runs stay quiet and this separate run shows the path."""
-    proc = llama_bench(exe, model, ["-r", "1", "-p", "0", "-n", "4", "-d", str(depth), "-v", *extra],
-                       env={**os.environ, "GGML_CUDA_SPARSE_FA_LOG": "1"})
+    proc = llama_bench(exe, model, ["-r", "1", "-p", "0", "-n", "4", "-d", str(depth), "-v", *extra])
     return [line for line in proc.stderr.splitlines() if "sparse flash attention gather" in line]
 
 
@@ -377,15 +378,13 @@ def step_split(a: argparse.Namespace) -> None:
 
 
 HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
+SCORE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_score_harness.cu"
 
 
-def step_harness(a: argparse.Namespace) -> None:
-    work = unpack(a)
-    ggml = tree(work, "patched") / "ggml"
-    exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
-    sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo",
-        *(["-DSPARSEK_CL_TRACE"] if a.trace else []), f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
-        f"-I{ggml / 'src' / 'ggml-cuda'}", str(HARNESS), "-o", str(exe)])
+def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
+    """nvcc the harness, run it, keep its output in OUT/<exe>.txt; exits if the harness reports a failed check."""
+    sh(["nvcc", "-O2", "-std=c++17", f"-arch=sm_{os.environ.get('CUDA_ARCH', '90')}", "-lineinfo", *nvcc_args,
+        "-o", str(exe)])
     proc = subprocess.run([str(exe)], capture_output=True, text=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,6 +392,21 @@ def step_harness(a: argparse.Namespace) -> None:
     print(proc.stdout + proc.stderr, flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"harness failed (exit {proc.returncode})")
+
+
+def step_harness(a: argparse.Namespace) -> None:
+    work = unpack(a)
+    ggml = tree(work, "patched") / "ggml"
+    exe = work / ("sparsek_select_harness_trace" if a.trace else "sparsek_select_harness")
+    run_harness(a, exe, [*(["-DSPARSEK_CL_TRACE"] if a.trace else []), f"-I{ggml / 'include'}",
+                         f"-I{ggml / 'src'}", f"-I{ggml / 'src' / 'ggml-cuda'}", str(HARNESS)])
+
+
+def step_score_harness(a: argparse.Namespace) -> None:
+    """The scoring experiment (scripts/cuda/sparsek_score_harness.cu): self-contained, no bundle needed."""
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    run_harness(a, work / "sparsek_score_harness", [str(SCORE_HARNESS)])
 
 
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
@@ -436,7 +450,8 @@ def step_ppl(a: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "split", "all"])
+    ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "score_harness",
+                                     "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")

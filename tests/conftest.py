@@ -38,12 +38,14 @@ def short_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def open_llm() -> Iterator[Callable[..., Any]]:
-    """llm.load for one test: every context it opened is closed at teardown, even when an assert failed."""
+    """llm.load of exactly the settings given (exact=True unless told otherwise) for one test: every context it
+    opened is closed at teardown, even when an assert failed."""
     from pysparsek.sparsek import llm
 
     opened: list[Any] = []
 
     def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("exact", True)
         m = llm.load(*args, **kwargs)
         opened.append(m)
         return m

@@ -16,7 +16,9 @@ from pysparsek.sparsek.settings import SparsekSettings
 
 @contextlib.contextmanager
 def opened(model: Path, sparsek: SparsekSettings | None = None, **kwargs: Any) -> Iterator[Any]:
-    """llm.load, closed on leaving the block (an assert failing inside included)."""
+    """llm.load of exactly the settings given (no recommended ones added), closed on leaving the block (an assert
+    failing inside included)."""
+    kwargs.setdefault("exact", True)
     m = llm.load(model, sparsek, **kwargs)
     try:
         yield m

@@ -36,7 +36,7 @@ def test_text_shorter_than_two_contexts_is_explained(tmp_path: Path, patched_bui
     # `model` fetches the default model first, so its one-time download line is not part of this output
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n")
-    proc = _run("bench", "--text", str(short), "-c", "256", "--skip-speed", "--quiet")
+    proc = _run("bench", "--text", str(short), "-c", "256", "--exact", "--skip-speed", "--quiet")
     assert proc.returncode == 2
     assert "is too short: llama-perplexity needs at least 512 tokens" in proc.stderr
     assert proc.stderr.count("\n") == 1
@@ -58,9 +58,10 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
 @pytest.mark.slow
 def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_build, short_text: Path) -> None:
     out = tmp_path / "report"
+    # --exact: head mode, nothing else kept, prompt-regime quality; no quantized-cache rows
     proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "-c", "128", "--chunks", "2", "--depths",
                 "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--processes", "2", "-t", "2", "--quiet",
-                "--out", str(out))
+                "--exact", "--cache-types", "none", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
         assert (out / name).is_file(), name
@@ -97,7 +98,8 @@ def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_p
     out = tmp_path / "report"
     proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
                 "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
-                "--reps", "1", "--processes", "1", "-t", "2", "--quiet", "--out", str(out))
+                "--reps", "1", "--processes", "1", "-t", "2", "--quiet", "--exact", "--cache-types", "none",
+                "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
     want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
@@ -212,3 +214,137 @@ def test_results_round_trip_through_json(tmp_path: Path) -> None:
     assert row["tokens_per_s"] == 5.25 and row["spread"] == 1.1 and row["dense_tokens_per_s"] == 4.1
     assert row["ratio"] == (5.0 / 4.0 + 5.5 / 4.2) / 2 and row["load_1min"] == [0.5, None]
     assert BenchResult.from_json(doc) == r
+
+
+def test_quantized_cache_rows_run_dense_in_their_own_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round: the Sparse-K batch (with dense f16), then dense with each quantized K/V cache; ratios are to
+    dense f16 of the same round."""
+    from pysparsek.measure import speed
+
+    seen: list[list[str]] = []
+    rate = {"f16": 10.0, "q8_0": 8.0, "q4_0": 5.0}
+
+    def fake_run(cmd: list[str], **_: object) -> object:
+        seen.append(cmd)
+        ks = cmd[cmd.index("-sk") + 1].split(",")
+        t = cmd[cmd.index("-ctk") + 1] if "-ctk" in cmd else "f16"
+        recs = [{"n_prompt": 0, "n_gen": 4, "n_depth": 0, "avg_ts": rate[t] * (2 if k != "0" else 1),
+                 "sparsek_topk": int(k), "sparsek_mode": "group", "type_k": t, "type_v": t} for k in ks]
+
+        class Done:
+            stdout = json.dumps(recs)
+        return Done()
+
+    class FakeBuild:
+        def tool(self, name: str) -> Path:
+            return Path("/bin") / name
+
+    monkeypatch.setattr(speed, "run", fake_run)
+    want = SparsekSettings(top_k=64, mode="group")
+    gated: list[int] = []
+    meas = speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], processes=2, n_prompt=8, n_gen=4,
+                             depths=[0], cache_types=("q8_0", "q4_0"), gate=lambda: gated.append(len(seen)))
+    assert len(seen) == 6
+    assert gated == [0, 1, 2, 3, 4, 5]  # the idle gate before every process, the quantized caches' included
+    assert [c[c.index("-ctk") + 1] if "-ctk" in c else "f16" for c in seen] == ["f16", "q8_0", "q4_0"] * 2
+    assert all(c[c.index("-ctv") + 1] == c[c.index("-ctk") + 1] for c in seen if "-ctk" in c)
+    assert {(m.config.top_k, m.cache_type): len(m.samples_ts) for m in meas} == {
+        (0, "f16"): 2, (64, "f16"): 2, (0, "q8_0"): 2, (0, "q4_0"): 2}
+    sp = speed.summarize(meas)
+    assert [(d.test, d.rate.samples) for d in sp.dense] == [("tg4", (10.0, 10.0))]
+    ratios = {(r.top_k, r.cache_type): r.ratio for r in sp.sparse}
+    assert ratios == {(64, "f16"): 2.0, (0, "q8_0"): 0.8, (0, "q4_0"): 0.5}
+    assert all(r.rate.processes == 2 for r in sp.sparse)
+
+
+def _result(kl_sparse: float, kl_cache: float, tg_sparse: float, tg_cache: float) -> results.BenchResult:
+    from pysparsek.measure.results import (
+        BenchOptions,
+        BenchResult,
+        DenseSpeed,
+        Perplexity,
+        Quality,
+        QualityRow,
+        Rate,
+        Speed,
+        SpeedRow,
+    )
+
+    o = BenchOptions(Path("m.gguf"), Path("t.txt"), [64], SparsekSettings(mode="group"), cache_types=["q4_0"])
+    dense = SparsekSettings.off()
+    return BenchResult("2026-01-01T00:00:00+00:00", "0", {"cpu": "x"}, "cpu", "pin", "sha", {"path": "m.gguf"},
+                       {"path": "t.txt"}, o, None,
+                       Quality(Perplexity(10.0, None, []), Perplexity(10.0, None, []), True,
+                               [QualityRow(64, 11.0, None, 10.0, kl_sparse, 0.01, 90.0),
+                                QualityRow(0, 11.0, None, 10.0, kl_cache, 0.01, 90.0, cache_type="q4_0")],
+                               regime="decode"),
+                       Speed([DenseSpeed("tg32", 8192, Rate((4.0,)))],
+                             [SpeedRow(o.at(64), "tg32", 8192, Rate((4.0 * tg_sparse,)), Rate((4.0,))),
+                              SpeedRow(dense, "tg32", 8192, Rate((4.0 * tg_cache,)), Rate((4.0,)),
+                                       cache_type="q4_0")]), [])
+
+
+@pytest.mark.parametrize(("kl", "tg", "answer", "words"), [
+    ((0.03, 0.06), (2.0, 0.5), "yes", ("faster", "less")),
+    ((0.03, 0.01), (2.0, 0.5), "no", ("faster", "more")),
+    ((0.03, 0.06), (0.4, 0.5), "no", ("slower", "less")),
+])
+def test_the_closing_lines_compare_each_setting_with_each_quantized_cache(kl: tuple[float, float],
+                                                                          tg: tuple[float, float], answer: str,
+                                                                          words: tuple[str, str]) -> None:
+    from pysparsek.report import tables
+
+    text = tables.headline(_result(kl[0], kl[1], tg[0], tg[1]))
+    lines = [line for line in text.splitlines() if "K/V cache?" in line]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("  K=64 group") and "than a q4_0 K/V cache? " + answer in lines[0]
+    assert f"{words[0]} in decode ({tg[0]:.2f}× vs {tg[1]:.2f}× dense at depth 8192) at {words[1]} quality loss" \
+        in lines[0]
+    assert "dense, q4_0 cache: decode (tg32)" in text
+
+
+def test_quality_rows_of_quantized_caches_round_trip_and_print() -> None:
+    from pysparsek.report import tables
+
+    r = _result(0.03, 0.06, 2.0, 0.5)
+    doc = json.loads(json.dumps(r.to_json()))
+    assert doc["quality"]["sparse"][1]["cache_type"] == "q4_0" and "cache_type" not in doc["quality"]["sparse"][0]
+    assert doc["speed"]["sparse"][1]["cache_type"] == "q4_0"
+    assert results.BenchResult.from_json(doc) == r
+    assert "dense q4_0 cache" in tables.quality_table(r)
+    assert "dense, q4_0 K/V cache" in tables.speed_table(r)
+
+
+def test_quantized_caches_can_run_at_their_own_depths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pysparsek.measure import speed
+
+    seen: list[list[str]] = []
+
+    class Done:
+        stdout = "[]"
+
+    def fake_run(cmd: list[str], **_: object) -> Done:
+        seen.append(cmd)
+        return Done()
+
+    class FakeBuild:
+        def tool(self, name: str) -> Path:
+            return Path("/bin") / name
+
+    monkeypatch.setattr(speed, "run", fake_run)
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, SparsekSettings(top_k=64)], processes=1,
+                      n_prompt=8, n_gen=4, depths=[0, 8192], cache_types=("q4_0",), cache_depths=[0, 2048])
+    assert [c[c.index("-d") + 1] for c in seen] == ["0,8192", "0,2048"]
+
+
+def test_the_verdict_compares_at_the_deepest_depth_both_were_measured() -> None:
+    import dataclasses
+
+    from pysparsek.measure.results import Rate
+    from pysparsek.report import tables
+
+    r = _result(0.03, 0.06, 2.0, 0.5)
+    deep = dataclasses.replace(r.speed.sparse[0], depth=16384, rate=Rate((12.0,)))  # ratio 3.0
+    r = dataclasses.replace(r, speed=dataclasses.replace(r.speed, sparse=[*r.speed.sparse, deep]))
+    line = next(x for x in tables.headline(r).splitlines() if "K/V cache?" in x)
+    assert "(2.00× vs 0.50× dense at depth 8192)" in line

@@ -64,7 +64,44 @@ def test_bench_defaults_follow_llama_cpp_names() -> None:
     assert (o.topks, o.ctx, o.threads, o.ngl, o.flash_attn, o.batch, o.ubatch) == ([32, 64], 1024, 2, 99, False, 512,
                                                                                     128)
     assert o.depths == [0, 2048, 8192]
-    assert o.sparsek == SparsekSettings.off().replace(top_k=None)  # every other field given, at llama.cpp's default
+    # every field set: the recommended deployment (group, window 64, sinks 4, q4_0 copy, decode-only policy)
+    assert o.sparsek == SparsekSettings(window=64, stride=0, sinks=4, mode="group", score_type="q4_0", max_ubatch=1)
+    assert o.at(64).top_k == 64
+    assert o.regime == "decode"  # prompts run dense under the policy, so quality is the decode regime's
+    assert o.cache_types == ["q8_0", "q4_0"]
+
+
+def test_bench_exact_measures_only_what_is_given() -> None:
+    args = cli.build_parser().parse_args(["bench", "--topk", "64", "--exact", "--window", "16"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert o.sparsek == SparsekSettings.off().replace(top_k=None, window=16)
+    assert o.regime == "prompt"
+
+
+@pytest.mark.parametrize(("argv", "regime"), [
+    ([], "decode"),
+    (["--max-ubatch", "0"], "prompt"),         # Sparse-K on every ubatch: prompts are sparse too
+    (["--max-ubatch", "512"], "prompt"),       # not below the ubatch size: prompts of one ubatch are sparse
+    (["--max-ubatch", "4"], "decode"),
+    (["--regime", "prompt"], "prompt"),        # an explicit regime wins
+    (["--exact", "--max-ubatch", "1"], "decode"),
+])
+def test_the_quality_regime_follows_the_policy(argv: list[str], regime: str) -> None:
+    args = cli.build_parser().parse_args(["bench", *argv])
+    assert cli.bench_options(args, Path("m.gguf"), Path("t.txt")).regime == regime
+
+
+def test_given_fields_override_the_recommended_ones() -> None:
+    args = cli.build_parser().parse_args(["bench", "--mode", "token", "--score-type", "none"])
+    o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
+    assert (o.sparsek.mode, o.sparsek.score_type, o.sparsek.window, o.sparsek.max_ubatch) == ("token", "none", 64, 1)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("none", []), ("q4_0", ["q4_0"]),
+                                                 ("q8_0,q4_0,q8_0", ["q8_0", "q4_0"])])
+def test_cache_types_option(value: str, expected: list[str]) -> None:
+    args = cli.build_parser().parse_args(["bench", "--cache-types", value])
+    assert args.cache_types == expected
 
 
 def test_bench_sparsek_options_make_one_setting() -> None:
@@ -87,6 +124,8 @@ def test_bench_sparsek_options_make_one_setting() -> None:
     (["--stride", "x"], "--stride"),
     (["--depths", "0,-1"], "--depths"),
     (["-c", "0"], "--ctx-size"),
+    (["--cache-types", "q5_1"], "--cache-types"),
+    (["--cache-types", ""], "--cache-types"),
 ])
 def test_bad_bench_arguments_exit_2_with_the_option_named(argv: list[str], needle: str) -> None:
     proc = _run("bench", *argv)
@@ -111,6 +150,28 @@ def test_unset_sparsek_options_stay_unset() -> None:
     """serve and meta leave what is not given to the model's metadata."""
     args = cli.build_parser().parse_args(["serve", "m.gguf", "--topk", "64"])
     assert SparsekSettings.from_args(args) == SparsekSettings(top_k=64)
+
+
+def test_serve_completes_a_topk_with_the_recommended_settings(tmp_path: Path) -> None:
+    """Unless --exact; what the model's metadata already sets is left to it."""
+    import gguf
+
+    from pysparsek.sparsek.recommended import RECOMMENDED
+
+    plain = tmp_path / "plain.gguf"
+    w = gguf.GGUFWriter(plain, arch="llama")
+    w.add_uint32("llama.attention.sparsek.window", 16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+    def settings(*argv: str) -> SparsekSettings:
+        return cli.serve_settings(cli.build_parser().parse_args(["serve", str(plain), *argv]), plain)
+
+    assert settings("--topk", "64") == RECOMMENDED.replace(top_k=64, window=None)
+    assert settings("--topk", "64", "--exact") == SparsekSettings(top_k=64)
+    assert settings() == SparsekSettings()  # no K given: the metadata decides
+    assert settings("--topk", "64", "--mode", "head").mode == "head"
 
 
 def test_serve_rejects_bad_settings_before_starting() -> None:

@@ -93,3 +93,34 @@ def test_changing_settings_takes_effect_on_the_next_decode(model: Path, prompt_t
     again = np.array(m.scores[: len(prompt_tokens)], copy=True)
     assert not np.allclose(dense[50:], sparse[50:])
     assert np.array_equal(dense, again)
+
+
+def test_load_completes_a_topk_with_the_recommended_settings(model: Path, open_llm: Callable[..., Any]) -> None:
+    from pysparsek.sparsek.recommended import RECOMMENDED
+
+    m = open_llm(model, SparsekSettings(top_k=64), exact=False, n_ctx=256, n_threads=2)
+    assert llm.get_sparsek(m) == RECOMMENDED.replace(top_k=64).resolved()
+    m = open_llm(model, SparsekSettings(top_k=64, mode="head"), exact=False, n_ctx=256, n_threads=2)
+    assert llm.get_sparsek(m) == RECOMMENDED.replace(top_k=64, mode="head").resolved()
+    m = open_llm(model, SparsekSettings(top_k=64), exact=True, n_ctx=256, n_threads=2)
+    assert llm.get_sparsek(m) == SparsekSettings(top_k=64).resolved()
+
+
+def test_load_checks_the_metadata_first(tmp_path: Path, patched_build: builds.Build,
+                                        open_llm: Callable[..., Any]) -> None:
+    """A bad Sparse-K key is a MetaError naming it (not llama-cpp-python's bare "Failed to load model"); a key
+    under the prefix that is not a setting is ignored with a warning."""
+    import gguf
+
+    from pysparsek.measure import metafuzz
+    from pysparsek.sparsek import meta
+
+    T = gguf.GGUFValueType
+    bad = metafuzz.write(metafuzz.Case(-1, 32, (metafuzz.Entry(metafuzz.PREFIX + "top_k", T.INT32, 8),)),
+                         tmp_path / "bad.gguf")
+    with pytest.raises(meta.MetaError, match="top_k has type INT32"):
+        llm.load(bad, n_ctx=64)
+    odd = metafuzz.write(metafuzz.Case(-1, 32, (metafuzz.Entry(metafuzz.PREFIX + "topk", T.UINT32, 8),)),
+                         tmp_path / "odd.gguf")
+    with pytest.warns(UserWarning, match=r"ignoring llama\.attention\.sparsek\.topk: not Sparse-K settings"):
+        open_llm(odd, n_ctx=64, n_threads=1)

@@ -93,6 +93,6 @@ def test_explicit_settings_mean_what_they_say(model: Path, tmp_path: Path) -> No
     assert meta.read(a).window == 0 and meta.read(a).mode == "head"
     # what the file already has is not replaced by a recommendation either
     assert _run("set", str(a), "-o", str(b), "--topk", "256").returncode == 0
-    assert meta.read(b) == SparsekSettings(top_k=256, window=0, mode="head", sinks=4)
+    assert meta.read(b) == SparsekSettings(top_k=256, window=0, mode="head", sinks=4, score_type="q4_0", max_ubatch=1)
     assert _run("set", str(model), "-o", str(c), "--topk", "64", "--exact").returncode == 0
     assert meta.read(c) == SparsekSettings(top_k=64)

@@ -2,9 +2,9 @@
 layers (-ngl 99), llama-perplexity drives them with `--rpc`.
 
 - the op, its parameters and the score copy of K travel over RPC: perplexity equals the local run's;
-- a server stopped mid-run is a clear error within a bounded time, never a hang or a crash (patch 0015);
+- a server stopped mid-run is a clear error within a bounded time, never a hang or a crash (patch 0016);
 - a stock server (upstream op numbering) is refused at the handshake with a message, and a stock client is
-  refused by a patched server (patch 0014);
+  refused by a patched server (patch 0015);
 - under -sm tensor (the meta backend over the two RPC devices) Sparse-K is refused when the context is set up,
   naming the split mode, instead of aborting in the meta backend.
 """

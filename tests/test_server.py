@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 
 from pysparsek.llamacpp import build as builds
 from pysparsek.measure import passkey
+from pysparsek.proc import free_port
 from pysparsek.sparsek.settings import SparsekSettings
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
 STARTUP_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -62,9 +56,9 @@ def _serving(cmd: list[str], log: Path, port: int) -> Iterator[httpx.Client]:
 def test_server_answers_with_sparsek_and_reports_it(patched_build: builds.Build, model: Path,
                                                     tmp_path: Path) -> None:
     """Started through `pysparsek serve`; a ~400-token passkey prompt, so K=64 really drops cells."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--mode", "group", "--sinks", "4",
-           "--port", str(port), "-c", "1024", "-t", "2", "--", "--parallel", "1"]
+           "--exact", "--port", str(port), "-c", "1024", "-t", "2", "--", "--parallel", "1"]
     log = tmp_path / "server.log"
     with _serving(cmd, log, port) as client:
         props = client.get("/props").json()
@@ -82,7 +76,7 @@ def test_server_answers_with_sparsek_and_reports_it(patched_build: builds.Build,
 
 def test_server_without_sparsek_flags_reports_it_off(patched_build: builds.Build, model: Path,
                                                      tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cmd = [str(patched_build.tool("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
            "-c", "512", "-t", "2"]
     with _serving(cmd, tmp_path / "server.log", port) as client:
@@ -96,7 +90,7 @@ def test_server_without_sparsek_flags_reports_it_off(patched_build: builds.Build
 ])
 def test_server_refuses_bad_settings(patched_build: builds.Build, model: Path, flag: str, value: str,
                                      message: str) -> None:
-    proc = subprocess.run([str(patched_build.tool("llama-server")), "-m", str(model), "--port", str(_free_port()),
+    proc = subprocess.run([str(patched_build.tool("llama-server")), "-m", str(model), "--port", str(free_port()),
                            flag, value], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
@@ -105,13 +99,16 @@ def test_server_refuses_bad_settings(patched_build: builds.Build, model: Path, f
 
 def test_server_with_a_q4_0_copy_and_the_decode_only_policy(patched_build: builds.Build, model: Path,
                                                              tmp_path: Path) -> None:
-    """`--score-type q4_0 --max-ubatch 1`: /props reports both, and the answer still recalls the key."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--mode", "group", "--sinks", "4",
-           "--score-type", "q4_0", "--max-ubatch", "1", "--port", str(port), "-c", "1024", "-t", "2", "--",
-           "--parallel", "1"]
+    """`serve --topk 64` alone is the recommended deployment (group, window 64, sinks 4, q4_0 copy, decode-only
+    policy): /props reports it, and the answer still recalls the key."""
+    from pysparsek.sparsek.recommended import RECOMMENDED
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "pysparsek", "serve", str(model), "--topk", "64", "--port", str(port), "-c", "1024",
+           "-t", "2", "--", "--parallel", "1"]
     with _serving(cmd, tmp_path / "server.log", port) as client:
         sk = client.get("/props").json()["sparsek"]
+        assert SparsekSettings.from_mapping(sk) == RECOMMENDED.replace(top_k=64).resolved()
         assert (sk["score_type"], sk["max_ubatch"], sk["top_k"]) == ("q4_0", 1, 64)
         r = client.post("/v1/completions", json={"prompt": passkey.prompt(n_junk=20, i_pos=7, key=48213),
                                                  "max_tokens": 8, "temperature": 0, "seed": 1})

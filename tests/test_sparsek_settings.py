@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from typing import Any
 
 import pytest
 
+from pysparsek import paths
 from pysparsek.sparsek import settings
 from pysparsek.sparsek.settings import FIELDS, SettingsError, SparsekSettings
 
@@ -87,3 +90,18 @@ def test_argparse_group_parses_and_validates() -> None:
 def test_gguf_keys() -> None:
     assert settings.gguf_key("llama", "top_k") == "llama.attention.sparsek.top_k"
     assert SparsekSettings(top_k=8, mode="group").gguf_values() == {"top_k": 8, "mode": "group"}
+
+
+def test_gguf_keys_are_the_patched_gguf_py_constants(patched_build: Any) -> None:
+    """Every setting's GGUF key is the patched gguf-py's Keys.Attention.SparseK constant (its gguf-py patch), and
+    gguf-py names no key the settings lack."""
+    constants = paths.tree_dir("patched") / "gguf-py" / "gguf" / "constants.py"
+    spec = importlib.util.spec_from_file_location("patched_gguf_constants", constants)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sparsek = module.Keys.Attention.SparseK
+    names = {n for n in vars(sparsek) if n.isupper()}
+    assert names == {f.name.upper() for f in FIELDS}
+    for f in FIELDS:
+        assert getattr(sparsek, f.name.upper()).format(arch="llama") == settings.gguf_key("llama", f.name)

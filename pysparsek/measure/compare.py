@@ -19,6 +19,7 @@ class SparseRow:
     topk: int
     result: PerplexityResult
     identical_to_stock: bool | None = None  # for exact-check rows: same chunks, final and log-probs as stock
+    cache_type: str = "f16"   # a row with topk 0 is stock, dense, with this quantized K/V cache
 
 
 @dataclass
@@ -40,7 +41,8 @@ class Comparison:
                 lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {same}")
                 continue
             delta = 100.0 * (r.ppl - dense) / dense
-            lines.append(f"{'Sparse-K top_k=' + str(row.topk):<22} {r.final:>10} {delta:>+8.2f} "
+            name = f"Sparse-K top_k={row.topk}" if row.topk else f"dense, {row.cache_type} cache"
+            lines.append(f"{name:<22} {r.final:>10} {delta:>+8.2f} "
                          f"{r.kld_mean:>10.6f} {r.same_top_pct:>14.3f}")
         verdict = "IDENTICAL" if self.identical else "DIFFERENT"
         lines.append(f"stock vs patched with Sparse-K off: {verdict} (per-chunk values, final estimate, log-probs)")
@@ -48,14 +50,17 @@ class Comparison:
 
 
 def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
-        quiet: bool = False, exact_topks: tuple[int, ...] = (), patched_extra: tuple[str, ...] = ()) -> Comparison:
+        quiet: bool = False, exact_topks: tuple[int, ...] = (), patched_extra: tuple[str, ...] = (),
+        cache_types: tuple[str, ...] = ()) -> Comparison:
     """exact_topks: K values expected to reproduce stock exactly (K >= context); they are compared byte for byte
-    instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc)."""
+    instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc).
+    cache_types: also stock, dense, with each of these quantized K/V caches (what users pick instead)."""
     stock_build = builds.require("stock", backend)
     stock_settings = settings.without_sparsek()
     settings = replace(settings, extra=settings.extra + patched_extra)
     patched_build = builds.require("patched", backend)
-    steps = tqdm(total=2 + len(topks) + len(exact_topks), desc="perplexity", unit="run", disable=quiet)
+    steps = tqdm(total=2 + len(topks) + len(exact_topks) + len(cache_types), desc="perplexity", unit="run",
+                 disable=quiet)
     with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:
         base_file = Path(tmp) / "stock.kld"
         off_file = Path(tmp) / "patched-off.kld"
@@ -79,6 +84,11 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
             same = res.chunks == stock.chunks and res.final == stock.final and filecmp.cmp(base_file, k_file,
                                                                                            shallow=False)
             sparse.append(SparseRow(k, res, identical_to_stock=same))
+            steps.update()
+        for t in cache_types:
+            quantized = replace(stock_settings, extra=(*stock_settings.extra, "-ctk", t, "-ctv", t))
+            sparse.append(SparseRow(0, perplexity.measure(stock_build, model, text, quantized, kld_base=base_file),
+                                    cache_type=t))
             steps.update()
     steps.close()
     return Comparison(stock, disabled, identical, sparse)

@@ -1,4 +1,4 @@
-"""What `bench` measures, as types, and their JSON form (results.json, schema `pysparsek.bench/1`).
+"""What `bench` measures, as types, and their JSON form (results.json, schema `pysparsek.bench/2`).
 
 The measuring code builds these objects, the reports read them, and `to_json`/`from_json` are the only places
 that know the JSON layout.
@@ -46,6 +46,8 @@ class BenchOptions:
     prompt_tokens: int = 1024    # decode regime: dense prompt per chunk
     decode_tokens: int = 256     # decode regime: tokens decoded one at a time per chunk
     rpc: str = ""                # HOST:PORT[,...]: the patched runs put their layers on these ggml-rpc-servers
+    cache_types: list[str] = field(default_factory=list)  # dense with these quantized K/V caches, for comparison
+    cache_depths: list[int] | None = None   # depths of the quantized caches' speed runs (None: `depths`)
 
     def __post_init__(self) -> None:
         self.sparsek = self.sparsek.resolved().replace(top_k=None)
@@ -92,6 +94,12 @@ class QualityRow:
     kl_stderr: float | None
     top1_agreement_pct: float | None
     score_type: str | None = None       # decode regime
+    cache_type: str = "f16"             # K/V cache type; a row with top_k 0 is dense with a quantized cache
+
+    @property
+    def label(self) -> str:
+        return (str(self.top_k) if self.top_k else "dense") + ("" if self.cache_type == "f16"
+                                                               else f" {self.cache_type} cache")
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ class Quality:
             d = dataclasses.asdict(r)
             if r.score_type is None:
                 del d["score_type"]
+            if r.cache_type == "f16":
+                del d["cache_type"]
             return d
 
         out: dict[str, Any] = {"regime": self.regime} if self.regime != "prompt" else {}
@@ -205,15 +215,20 @@ class SpeedRow:
     test: str
     depth: int
     rate: Rate                  # this setting, one sample per process round
-    dense: Rate                 # dense in the same rounds, same order
+    dense: Rate                 # dense (f16 cache) in the same rounds, same order
+    cache_type: str = "f16"     # K/V cache type; a row with top_k 0 is dense with a quantized cache
 
     def __post_init__(self) -> None:
         if self.rate.processes != self.dense.processes:
-            raise ValueError(f"{self.rate.processes} Sparse-K samples against {self.dense.processes} dense ones")
+            raise ValueError(f"{self.rate.processes} samples of {self.label} against {self.dense.processes} dense ones")
 
     @property
     def top_k(self) -> int:
         return int(self.settings.top_k or 0)
+
+    @property
+    def label(self) -> str:
+        return self.settings.label + ("" if self.cache_type == "f16" else f", {self.cache_type} cache")
 
     @property
     def tokens_per_s(self) -> float:
@@ -225,7 +240,7 @@ class SpeedRow:
 
     @property
     def ratios(self) -> list[float]:
-        """Sparse-K t/s / dense t/s of the same round, per round."""
+        """This row's t/s / dense t/s of the same round, per round."""
         return [s / d for s, d in zip(self.rate.samples, self.dense.samples, strict=True)]
 
     @property
@@ -244,13 +259,14 @@ class SpeedRow:
     def to_json(self) -> dict[str, Any]:
         return {**self.settings.given(), "test": self.test, "depth": self.depth, **self.rate.to_json(),
                 **self.dense.to_json("dense_"), "ratio": self.ratio, "ratio_min": self.ratio_min,
-                "ratio_max": self.ratio_max}
+                "ratio_max": self.ratio_max, "cache_type": self.cache_type}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SpeedRow:
         names = {f.name for f in FIELDS}
         settings = SparsekSettings(**{k: v for k, v in doc.items() if k in names}).resolved()
-        return cls(settings, doc["test"], doc["depth"], Rate.from_json(doc), Rate.from_json(doc, "dense_"))
+        return cls(settings, doc["test"], doc["depth"], Rate.from_json(doc), Rate.from_json(doc, "dense_"),
+                   doc.get("cache_type", "f16"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pysparsek.measure.results import BenchResult, Rate
 
 def quality(r: BenchResult, path: Path) -> Path:
     q = r.quality
-    rows = sorted(q.sparse, key=lambda s: s.top_k)
+    rows = sorted((s for s in q.sparse if s.top_k), key=lambda s: s.top_k)
+    caches = [s for s in q.sparse if not s.top_k]   # dense with a quantized K/V cache: horizontal lines
     ks = [s.top_k for s in rows]
     fig, (ax_ppl, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
 
@@ -24,6 +25,10 @@ def quality(r: BenchResult, path: Path) -> Path:
         ax_ppl.annotate(f"{row.delta_ppl_pct:+.2f} %", (k, row.delta_ppl_pct), textcoords="offset points",
                         xytext=(4, 4), fontsize="small")
     ax_ppl.axhline(0.0, color="gray", linestyle="--", label=f"dense (PPL {q.stock.ppl:.3f})")
+    for i, c in enumerate(caches):
+        ax_ppl.axhline(c.delta_ppl_pct, color=f"C{i + 3}", linestyle="-.", label=f"dense, {c.cache_type} cache")
+        if c.kl_mean:
+            ax_kl.axhline(c.kl_mean, color=f"C{i + 3}", linestyle="-.", label=f"dense, {c.cache_type} cache")
     ax_ppl.set_yscale("symlog", linthresh=1.0)  # a few % and tens of % both readable; 0 (K >= context) stays on it
     ax_ppl.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_ppl.set_ylabel("ΔPPL vs dense (%)")
@@ -65,7 +70,7 @@ def speed(r: BenchResult, path: Path) -> Path | None:
     if not sp.dense:
         return None
     tests = sorted({d.test for d in sp.dense})
-    labels = list(dict.fromkeys(s.settings.label for s in sorted(sp.sparse, key=lambda s: s.top_k)))
+    labels = list(dict.fromkeys(s.label for s in sorted(sp.sparse, key=lambda s: s.top_k)))
     fig, axes = plt.subplots(2, len(tests), figsize=(5 * len(tests), 7), squeeze=False, sharex="col")
     for col, test in enumerate(tests):
         ax_ts, ax_ratio = axes[0][col], axes[1][col]
@@ -74,8 +79,7 @@ def speed(r: BenchResult, path: Path) -> Path | None:
                        fmt="o--", color="gray", capsize=3, label="dense")
         ax_ratio.axhline(1.0, color="gray", linestyle="--", label="dense")
         for label in labels:
-            rows = sorted((s for s in sp.sparse if s.test == test and s.settings.label == label),
-                          key=lambda s: s.depth)
+            rows = sorted((s for s in sp.sparse if s.test == test and s.label == label), key=lambda s: s.depth)
             pts = [(s.depth, s.tokens_per_s, s.ratio, s.ratio_min, s.ratio_max) for s in rows]
             depths = [p[0] for p in pts]
             ax_ts.errorbar(depths, [p[1] for p in pts], yerr=_minmax([s.rate for s in rows]), fmt="o-", capsize=3,

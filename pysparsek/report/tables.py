@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pysparsek.measure import machine
-from pysparsek.measure.results import STEADY_SPREAD, BenchResult, Rate, ScoreCopy, Speed, SpeedRow
+from pysparsek.measure.results import STEADY_SPREAD, BenchResult, QualityRow, Rate, ScoreCopy, Speed, SpeedRow
+from pysparsek.sparsek import recommended
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -16,12 +17,17 @@ def quality_table(r: BenchResult) -> str:
     q, o = r.quality, r.options
     lines = []
     if q.regime == "decode":
-        lines.append(f"decode regime: per chunk {o.prompt_tokens} prompt tokens (dense), then {o.decode_tokens} "
-                     f"tokens decoded one at a time; {q.stock.decoded_tokens} decoded tokens in all")
-    lines += [f"{'K':>8} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 %':>8}",
-              f"{'dense':>8} {q.stock.ppl:>10.4f} {'':>8} {'':>10} {'':>8}"]
+        why = (f" (the regime of the decode-only policy, max_ubatch {o.sparsek.max_ubatch}: prompts run dense)"
+               if recommended.decode_only(o.sparsek, o.ubatch) else "")
+        lines.append(f"quality, decode regime{why}: per chunk {o.prompt_tokens} prompt tokens (dense), then "
+                     f"{o.decode_tokens} tokens decoded one at a time; {q.stock.decoded_tokens} decoded tokens in all")
+    else:
+        lines.append(f"quality, prompt regime: llama-perplexity, {o.chunks} chunks of {o.ctx} tokens, every token a "
+                     "row of a prompt batch under the setting")
+    lines += [f"{'K':>16} {'PPL':>10} {'ΔPPL %':>8} {'KL div':>10} {'top-1 %':>8}",
+              f"{'dense':>16} {q.stock.ppl:>10.4f} {'':>8} {'':>10} {'':>8}"]
     for s in q.sparse:
-        lines.append(f"{s.top_k:>8} {s.ppl:>10.4f} {s.delta_ppl_pct:>+8.2f} {_num(s.kl_mean, '>10.6f')} "
+        lines.append(f"{s.label:>16} {s.ppl:>10.4f} {s.delta_ppl_pct:>+8.2f} {_num(s.kl_mean, '>10.6f')} "
                      f"{_num(s.top1_agreement_pct, '>8.2f')}")
     if q.regime == "decode":
         lines.append("dense = the patched library with Sparse-K off (bit-identical to stock, tests/test_identity.py)")
@@ -37,20 +43,23 @@ def _rate(rate: Rate) -> str:
 
 def speed_rows(sp: Speed) -> str:
     """Each setting's median t/s over its processes, their min-max and spread (max/min; `!` above the steadiness
-    bound), and the ratio to dense (median of same-round ratios, min-max)."""
+    bound), and the ratio to dense with an f16 cache (median of same-round ratios, min-max). Dense with a quantized
+    K/V cache is a row of its own."""
     n = max([d.rate.processes for d in sp.dense], default=0)
-    lines = [f"{'K':>8} {'setting':<20} {'test':>6} {'depth':>6} {'t/s':>9} {'min-max t/s':>17} {'spread':>6}   "
+    lines = [f"{'K':>8} {'setting':<34} {'test':>6} {'depth':>6} {'t/s':>9} {'min-max t/s':>17} {'spread':>6}   "
              f"{'ratio':>7} {'ratio min-max':>13}"]
-    rows: list[tuple[str, str, int, int, str]] = []
+    rows: list[tuple[str, int, bool, int, str, str]] = []
     for d in sp.dense:
-        rows.append((d.test, "", d.depth, 0, f"{'dense':>8} {'':<20} {d.test:>6} {d.depth:>6} {_rate(d.rate)}"))
+        rows.append((d.test, d.depth, False, 0, "",
+                     f"{'dense':>8} {'':<34} {d.test:>6} {d.depth:>6} {_rate(d.rate)}"))
     for s in sp.sparse:
-        rows.append((s.test, s.settings.details(), s.depth, s.top_k,
-                     f"{s.top_k:>8} {s.settings.details():<20} {s.test:>6} {s.depth:>6} {_rate(s.rate)} "
+        setting = s.settings.details() if s.top_k else f"dense, {s.cache_type} K/V cache"
+        rows.append((s.test, s.depth, bool(s.top_k), s.top_k, setting,
+                     f"{s.top_k or '-':>8} {setting:<34} {s.test:>6} {s.depth:>6} {_rate(s.rate)} "
                      f"{s.ratio:>7.3f} {s.ratio_min:>6.3f}-{s.ratio_max:<6.3f}"))
-    lines += [row[-1] for row in sorted(rows, key=lambda r: r[:4])]
+    lines += [row[-1] for row in sorted(rows, key=lambda r: r[:5])]
     lines.append(f"t/s = median over {n} separate llama-bench processes; spread = max/min over them "
-                 f"(! = above {STEADY_SPREAD:.2f})")
+                 f"(! = above {STEADY_SPREAD:.2f}); ratio = to dense with an f16 K/V cache")
     return "\n".join(lines)
 
 
@@ -60,27 +69,64 @@ def speed_table(r: BenchResult) -> str:
     return speed_rows(r.speed)
 
 
+def _quality(r: BenchResult, row: SpeedRow) -> QualityRow | None:
+    return next((q for q in r.quality.sparse if q.top_k == row.top_k and q.cache_type == row.cache_type), None)
+
+
+def _ratio(rows: list[SpeedRow], kind: str) -> SpeedRow | None:
+    return next((s for s in rows if s.test.startswith(kind)), None)
+
+
+def verdict(r: BenchResult, sparse: list[SpeedRow], cache: list[SpeedRow], cache_type: str) -> str:
+    """One sentence: is this Sparse-K setting faster in decode at less quality loss (KL) than dense with a
+    quantized K/V cache of this type? Speed at the deepest depth both were measured at."""
+    s_tg, c_tg = _ratio(sparse, "tg"), _ratio(cache, "tg")
+    s_q, c_q = _quality(r, sparse[0]), _quality(r, cache[0])
+    if s_tg is None or c_tg is None or s_q is None or c_q is None or s_q.kl_mean is None or c_q.kl_mean is None:
+        return f"vs a {cache_type} cache: not comparable (a speed or quality value is missing)"
+    faster = "faster" if s_tg.ratio > c_tg.ratio else "slower"
+    less = "less" if s_q.kl_mean < c_q.kl_mean else "more"
+    answer = "yes" if faster == "faster" and less == "less" else "no"
+    return (f"faster at less quality loss than a {cache_type} K/V cache? {answer}: {faster} in decode "
+            f"({s_tg.ratio:.2f}× vs {c_tg.ratio:.2f}× dense at depth {s_tg.depth}) at {less} quality loss "
+            f"(KL {s_q.kl_mean:.4f} vs {c_q.kl_mean:.4f})")
+
+
 def headline(r: BenchResult) -> str:
-    """Where Sparse-K pays: each setting's ratio to dense at the deepest depth measured, decode and prompt."""
-    sparse = r.speed.sparse
-    if not sparse:
+    """Where Sparse-K pays: each setting's ratio to dense at the deepest depth measured, decode and prompt, then,
+    per Sparse-K setting, one sentence against each quantized K/V cache measured."""
+    rows = r.speed.sparse
+    if not rows:
         return ""
-    depth = max(s.depth for s in sparse)
-    lines = [f"at depth {depth} (tokens already in the KV cache), Sparse-K vs dense on this machine:"]
+    depth = max(s.depth for s in rows)
+    lines = [f"at depth {depth} (tokens already in the KV cache), vs dense (f16 cache) on this machine:"]
     by_setting: dict[str, list[SpeedRow]] = {}
-    for s in sorted(sparse, key=lambda s: s.top_k):
+    for s in sorted(rows, key=lambda s: (s.cache_type != "f16", s.top_k)):
         if s.depth == depth:
-            by_setting.setdefault(s.settings.label, []).append(s)
-    for label, rows in by_setting.items():
+            by_setting.setdefault(s.label, []).append(s)
+    for label, group in by_setting.items():
         parts = []
-        for s in sorted(rows, key=lambda s: s.test, reverse=True):
+        for s in sorted(group, key=lambda s: s.test, reverse=True):
             kind = "decode" if s.test.startswith("tg") else "prompt"
             parts.append(f"{kind} ({s.test}) {s.ratio:.2f}× ({s.ratio_min:.2f}-{s.ratio_max:.2f}; t/s spread "
                          f"{s.rate.spread:.2f} over {s.rate.processes} processes"
                          + ("" if s.rate.steady else ", UNSTEADY") + ")")
-        q = next((row for row in r.quality.sparse if row.top_k == rows[0].top_k), None)
+        q = _quality(r, group[0])
         quality = f"; PPL {q.delta_ppl_pct:+.2f} %, KL {_num(q.kl_mean, '.4f')}" if q else ""
         lines.append(f"  {label}: " + ", ".join(parts) + quality)
+    for label, group in by_setting.items():
+        if not group[0].top_k:
+            continue
+        for cache_type in r.options.cache_types:
+            cache = [s for s in rows if s.cache_type == cache_type]
+            common = [d for d in {s.depth for s in cache} if any(s.depth == d for s in rows
+                                                                 if s.label == label)]
+            if not common:
+                lines.append(f"  {label}: vs a {cache_type} cache: not measured")
+                continue
+            at = max(common)
+            lines.append(f"  {label}: " + verdict(r, [s for s in rows if s.label == label and s.depth == at],
+                                                  [s for s in cache if s.depth == at], cache_type))
     return "\n".join(lines)
 
 
@@ -93,7 +139,8 @@ def header(r: BenchResult) -> str:
     o = r.options
     return (f"model {Path(r.model['path']).name} (sha256 {r.model['sha256'][:12]}), "
             f"text {Path(r.text['path']).name}, ctx {o.ctx}, {o.chunks} chunks, "
-            f"flash attention {'on' if o.flash_attn else 'off'}, Sparse-K {o.sparsek.details()}, "
+            f"flash attention {'on' if o.flash_attn else 'off'}, Sparse-K {o.sparsek.details()} "
+            f"({'the recommended deployment' if recommended.is_recommended(o.sparsek) else 'as given'}), "
             f"quality regime {o.regime}, backend {r.backend}"
             + (f", patched runs on RPC servers {o.rpc}" if o.rpc else "") + "\n"
             f"machine: {machine.one_line(r.machine)}\n"

@@ -10,13 +10,14 @@ import ctypes
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pysparsek.errors import UserError
 from pysparsek.llamacpp import build as builds
-from pysparsek.sparsek.settings import C_FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
+from pysparsek.sparsek.settings import C_FIELDS, FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
 
 
 class BindingError(UserError, RuntimeError):
@@ -149,9 +150,22 @@ def score_size(llm: Any) -> int:
 
 
 def load(model_path: str | os.PathLike[str], sparsek: SparsekSettings | None = None, *,
-         lib_dir: Path | None = None, **kwargs: Any) -> Any:
+         lib_dir: Path | None = None, exact: bool = False, check_metadata: bool = True, **kwargs: Any) -> Any:
     """A llama_cpp.Llama on the patched library; the fields of `sparsek` that are set override the model's
-    metadata. kwargs go to llama_cpp.Llama."""
+    metadata. A top_k > 0 comes with the recommended settings (recommended.RECOMMENDED) that neither `sparsek` nor
+    the model's metadata give, unless `exact`. The model's Sparse-K metadata is checked first (a MetaError naming
+    the key), unless `check_metadata` is off. kwargs go to llama_cpp.Llama."""
+    from pysparsek.sparsek import meta, recommended
+
+    present = None
+    if check_metadata:
+        present = meta.read(Path(model_path))
+        unknown = meta.unknown_keys(Path(model_path))
+        if unknown:
+            warnings.warn(f"{model_path}: ignoring {', '.join(unknown)}: not Sparse-K settings (known: "
+                          f"{', '.join(f.name for f in FIELDS)})", stacklevel=2)
+    if sparsek is not None and not exact:
+        sparsek = recommended.complete(sparsek, present)
     llama_cpp = bind(lib_dir)
     kwargs.setdefault("verbose", False)
     llm = llama_cpp.Llama(model_path=str(model_path), **kwargs)

@@ -181,6 +181,8 @@ class SparsekSettings:
 
 
 def gguf_key(arch: str, name: str) -> str:
+    """The GGUF key of a setting; the patched gguf-py names it `Keys.Attention.SparseK.<NAME>` (tests check that
+    the two agree: pysparsek writes metadata with PyPI's gguf, which does not have those constants)."""
     return f"{arch}.attention.sparsek.{name}"
 
 
