@@ -54,14 +54,25 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
                                    "(nvidia-smi lists none)")
 
 
+# One bench run serves the tests of the report below (each full run costs minutes of CI on 2 cores): --exact with
+# stride, sinks and group mode given, prompt-regime quality, no quantized-cache rows.
+SETTING = SparsekSettings(mode="group", stride=16, sinks=4)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory, patched_build, stock_build,
+              short_text: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench") / "report"
+    proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "--mode", "group", "--stride", "16", "--sinks",
+                "4", "-c", "128", "--chunks", "2", "--depths", "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps",
+                "1", "--processes", "2", "-t", "2", "--quiet", "--exact", "--cache-types", "none", "--out", str(out))
+    return proc, out
+
+
 @pytest.mark.build
 @pytest.mark.slow
-def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_build, short_text: Path) -> None:
-    out = tmp_path / "report"
-    # --exact: head mode, nothing else kept, prompt-regime quality; no quantized-cache rows
-    proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "-c", "128", "--chunks", "2", "--depths",
-                "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--processes", "2", "-t", "2", "--quiet",
-                "--exact", "--cache-types", "none", "--out", str(out))
+def test_bench_writes_a_complete_report(bench_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = bench_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
         assert (out / name).is_file(), name
@@ -79,6 +90,7 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
         (k, t, d) for k in (16, 64) for t in ("pp64", "tg4") for d in (0, 256)}
     assert all(len(s["samples_ts"]) == 2 and s["ratio_min"] <= s["ratio"] <= s["ratio_max"] for s in sp["sparse"])
     assert all(s["spread"] == max(s["samples_ts"]) / min(s["samples_ts"]) for s in sp["sparse"] + sp["dense"])
+    assert all(s["cache_type"] == "f16" for s in sp["sparse"])
     # raw llama-bench records: 3 configs x 2 processes x 2 tests x 2 depths, with the Sparse-K fields that ran
     recs = doc["llama_bench_records"]
     assert len(recs) == 24
@@ -86,27 +98,24 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     assert "| K" not in proc.stdout and "ΔPPL" in proc.stdout
     # the closing lines name the deepest depth's ratio per K, as measured
     ratio = next(s["ratio"] for s in sp["sparse"] if (s["top_k"], s["test"], s["depth"]) == (64, "tg4", 256))
-    assert "at depth 256" in proc.stdout and f"K=64 head: decode (tg4) {ratio:.2f}×" in proc.stdout
+    assert "at depth 256" in proc.stdout and f"K=64 group stride=16 sinks=4: decode (tg4) {ratio:.2f}×" in proc.stdout
 
 
 @pytest.mark.build
 @pytest.mark.slow
-def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_path: Path, patched_build,
-                                                                           stock_build, short_text: Path) -> None:
+def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(
+        bench_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """`bench --sinks 4 --stride 16`: llama-bench's own records say every Sparse-K run had stride 16 and sinks 4
     (before llama-bench had those flags, speed silently ran without them)."""
-    out = tmp_path / "report"
-    proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
-                "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
-                "--reps", "1", "--processes", "1", "-t", "2", "--quiet", "--exact", "--cache-types", "none",
-                "--out", str(out))
+    proc, out = bench_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
-    want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
-    assert r.options.at(16) == want
-    sparse = [rec for rec in r.llama_bench_records if rec["sparsek_topk"]]
-    assert sparse and {SparsekSettings.from_bench_record(rec) for rec in sparse} == {want}
-    assert {row.settings for row in r.speed.sparse} == {want}
+    for k in (16, 64):
+        want = SETTING.replace(top_k=k).resolved()
+        assert r.options.at(k) == want
+        sparse = [rec for rec in r.llama_bench_records if rec["sparsek_topk"] == k]
+        assert sparse and {SparsekSettings.from_bench_record(rec) for rec in sparse} == {want}
+        assert {row.settings for row in r.speed.sparse if row.top_k == k} == {want}
     assert "K=16 group stride=16 sinks=4" in proc.stdout
 
 

@@ -260,8 +260,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
         baseline = regress.load(baseline_path)
     problems = regress.baseline_matches_inputs(baseline, model, text)
     checks += regress.compare_baseline(values, baseline)
-    if args.quick or parts != regress.PARTS:  # a partial run: values it did not measure are not failures
-        checks = [c for c in checks if c.note != "not measured any more"]
+    checks = regress.without_unrun_parts(checks, parts, args.quick)
     print(regress.table(checks))
     failed = [c for c in checks if not c.ok]
     for p in problems:
@@ -452,9 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with the measured values "
                    "(keeping its tolerances) after an intended change")
     p.add_argument("--quick", action="store_true", help="ctx 512 and 1k-token passkey prompts only")
-    p.add_argument("--parts", default="perplexity,modes,passkey",
-                   help="which parts to measure: perplexity (head mode), modes (group and token), passkey "
-                   "(default: all); with --update-baseline the other values are kept")
+    p.add_argument("--parts", default="perplexity,modes,passkey",  # regress.DEFAULT_PARTS (tests/test_regress.py)
+                   help="which parts to measure: perplexity (head mode: ctx 512 soft_max and flash attention, ctx "
+                   "2048 flash attention), modes (group and token), passkey, softmax-2048 (head mode, ctx 2048, "
+                   "soft_max) (default: perplexity,modes,passkey, what CI runs); with --update-baseline the other "
+                   "values are kept")
     p.add_argument("-t", "--threads", type=_positive, help="default: llama.cpp's choice")
     p.add_argument("--text", help="text file (default: the Jargon File from Debian's jargon-text)")
 
