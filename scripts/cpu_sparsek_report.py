@@ -15,6 +15,7 @@ from pysparsek.data import corpus, models
 from pysparsek.llamacpp import build as builds
 from pysparsek.measure import compare, machine, speed
 from pysparsek.measure.perplexity import Settings
+from pysparsek.report import tables
 from pysparsek.sparsek.settings import SparsekSettings
 
 
@@ -22,7 +23,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=3, help="llama-bench processes per setting (default 3)")
     ap.add_argument("--topk", type=positive_int_list, default=[64, 256])
     ap.add_argument("--modes", default="head,group,token")
     ap.add_argument("--depths", type=depth_list, default=[0, 2048, 8192])
@@ -49,11 +50,11 @@ def main() -> int:
             print(res.table() + "\n", flush=True)
     if not args.skip_speed:
         configs = [speed.DENSE] + [SparsekSettings(top_k=k, mode=m) for k in args.topk for m in args.modes.split(",")]
-        meas = speed.interleaved(builds.require("patched"), model, configs, rounds=args.rounds, n_prompt=512,
+        meas = speed.interleaved(builds.require("patched"), model, configs, processes=args.processes, n_prompt=512,
                                  n_gen=32, depths=args.depths, threads=os.cpu_count(), flash_attn=True,
                                  progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
-        print(f"## llama-bench -fa 1, {args.rounds} interleaved rounds (ratio = median of same-round ratios)")
-        print(speed.table(speed.ratios(meas)), flush=True)
+        print(f"## llama-bench -fa 1, {args.processes} processes per setting (ratio = median of same-round ratios)")
+        print(tables.speed_rows(speed.summarize(meas)), flush=True)
     return 0
 
 

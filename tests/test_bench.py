@@ -54,14 +54,25 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
                                    "(nvidia-smi lists none)")
 
 
+# One bench run serves the tests of the report below (each full run costs minutes of CI on 2 cores): --exact with
+# stride, sinks and group mode given, prompt-regime quality, no quantized-cache rows.
+SETTING = SparsekSettings(mode="group", stride=16, sinks=4)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory, patched_build, stock_build,
+              short_text: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench") / "report"
+    proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "--mode", "group", "--stride", "16", "--sinks",
+                "4", "-c", "128", "--chunks", "2", "--depths", "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps",
+                "1", "--processes", "2", "-t", "2", "--quiet", "--exact", "--cache-types", "none", "--out", str(out))
+    return proc, out
+
+
 @pytest.mark.build
 @pytest.mark.slow
-def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_build, short_text: Path) -> None:
-    out = tmp_path / "report"
-    # --exact: head mode, nothing else kept, prompt-regime quality; no quantized-cache rows
-    proc = _run("bench", "--text", str(short_text), "--topk", "16,64", "-c", "128", "--chunks", "2", "--depths",
-                "0,256", "--n-prompt", "64", "--n-gen", "4", "--reps", "1", "--rounds", "2", "-t", "2", "--quiet",
-                "--exact", "--cache-types", "none", "--out", str(out))
+def test_bench_writes_a_complete_report(bench_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = bench_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "ppl_kl_vs_k.png", "tps_vs_depth.png"):
         assert (out / name).is_file(), name
@@ -78,34 +89,33 @@ def test_bench_writes_a_complete_report(tmp_path: Path, patched_build, stock_bui
     assert {(s["top_k"], s["test"], s["depth"]) for s in sp["sparse"]} == {
         (k, t, d) for k in (16, 64) for t in ("pp64", "tg4") for d in (0, 256)}
     assert all(len(s["samples_ts"]) == 2 and s["ratio_min"] <= s["ratio"] <= s["ratio_max"] for s in sp["sparse"])
-    # raw llama-bench records: 3 configs x 2 rounds x 2 tests x 2 depths, with the Sparse-K fields that ran
+    assert all(s["spread"] == max(s["samples_ts"]) / min(s["samples_ts"]) for s in sp["sparse"] + sp["dense"])
+    assert all(s["cache_type"] == "f16" for s in sp["sparse"])
+    # raw llama-bench records: 3 configs x 2 processes x 2 tests x 2 depths, with the Sparse-K fields that ran
     recs = doc["llama_bench_records"]
     assert len(recs) == 24
     assert sorted({r["sparsek_topk"] for r in recs}) == [0, 16, 64]
     assert "| K" not in proc.stdout and "ΔPPL" in proc.stdout
     # the closing lines name the deepest depth's ratio per K, as measured
     ratio = next(s["ratio"] for s in sp["sparse"] if (s["top_k"], s["test"], s["depth"]) == (64, "tg4", 256))
-    assert "at depth 256" in proc.stdout and f"K=64 head: decode (tg4) {ratio:.2f}×" in proc.stdout
+    assert "at depth 256" in proc.stdout and f"K=64 group stride=16 sinks=4: decode (tg4) {ratio:.2f}×" in proc.stdout
 
 
 @pytest.mark.build
 @pytest.mark.slow
-def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(tmp_path: Path, patched_build,
-                                                                           stock_build, short_text: Path) -> None:
+def test_bench_speed_runs_use_exactly_the_setting_whose_quality_it_reports(
+        bench_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """`bench --sinks 4 --stride 16`: llama-bench's own records say every Sparse-K run had stride 16 and sinks 4
     (before llama-bench had those flags, speed silently ran without them)."""
-    out = tmp_path / "report"
-    proc = _run("bench", "--text", str(short_text), "--topk", "16", "--sinks", "4", "--stride", "16", "--mode",
-                "group", "-c", "128", "--chunks", "2", "--depths", "0", "--n-prompt", "32", "--n-gen", "2",
-                "--reps", "1", "--rounds", "1", "-t", "2", "--quiet", "--exact", "--cache-types", "none",
-                "--out", str(out))
+    proc, out = bench_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results.BenchResult.from_json(json.loads((out / "results.json").read_text()))
-    want = SparsekSettings(top_k=16, mode="group", stride=16, sinks=4).resolved()
-    assert r.options.at(16) == want
-    sparse = [rec for rec in r.llama_bench_records if rec["sparsek_topk"]]
-    assert sparse and {SparsekSettings.from_bench_record(rec) for rec in sparse} == {want}
-    assert {row.settings for row in r.speed.sparse} == {want}
+    for k in (16, 64):
+        want = SETTING.replace(top_k=k).resolved()
+        assert r.options.at(k) == want
+        sparse = [rec for rec in r.llama_bench_records if rec["sparsek_topk"] == k]
+        assert sparse and {SparsekSettings.from_bench_record(rec) for rec in sparse} == {want}
+        assert {row.settings for row in r.speed.sparse if row.top_k == k} == {want}
     assert "K=16 group stride=16 sinks=4" in proc.stdout
 
 
@@ -128,21 +138,22 @@ def test_bench_quality_runs_get_the_same_setting() -> None:
                      "--sparsek-max-ubatch": "0"}
 
 
-def test_dense_and_each_mode_share_one_llama_bench_run_per_round() -> None:
+def test_dense_and_every_mode_share_one_llama_bench_run_per_round() -> None:
+    """K, score type and mode are llama-bench sweeps: one process fills the cache once for all of them."""
     from pysparsek.measure.speed import DENSE, Batch, batches
 
-    head = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None)
-    group, token = head.replace(mode="group"), head.replace(mode="token")
+    base = SparsekSettings(mode="head").resolved().replace(top_k=None, score_type=None, mode=None)
     S = SparsekSettings
-    assert batches([DENSE, S(top_k=64), S(top_k=256)]) == [Batch(head, (0, 64, 256), ("none",))]
+    assert batches([DENSE, S(top_k=64), S(top_k=256)]) == [Batch(base, (0, 64, 256), ("none",), ("head",))]
     assert batches([DENSE, S(top_k=64, mode="group"), S(top_k=64, mode="token"), S(top_k=256, mode="group")]) == [
-        Batch(group, (0, 64, 256), ("none",)), Batch(token, (64,), ("none",))]
-    assert batches([DENSE]) == [Batch(head, (0,), ("none",))]
+        Batch(base, (0, 64, 256), ("none",), ("group", "token"))]
+    assert batches([DENSE]) == [Batch(base, (0,), ("none",), ("head",))]
     # score types share the process (dense stays without a score copy); a policy, a stride or sinks get their own
     assert batches([DENSE, S(top_k=64, score_type="q4_0"), S(top_k=64, max_ubatch=1),
                     S(top_k=64, stride=16, sinks=4)]) == [
-        Batch(head, (0, 64), ("none", "q4_0")), Batch(head.replace(max_ubatch=1), (64,), ("none",)),
-        Batch(head.replace(stride=16, sinks=4), (64,), ("none",))]
+        Batch(base, (0, 64), ("none", "q4_0"), ("head",)),
+        Batch(base.replace(max_ubatch=1), (64,), ("none",), ("head",)),
+        Batch(base.replace(stride=16, sinks=4), (64,), ("none",), ("head",))]
 
 
 def test_llama_bench_records_map_back_to_settings() -> None:
@@ -176,7 +187,7 @@ def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest
 
     monkeypatch.setattr(speed, "run", fake_run)
     want = SparsekSettings(top_k=64, mode="group", window=64, stride=16, sinks=4)
-    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], rounds=1, n_prompt=8, n_gen=4,
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], processes=1, n_prompt=8, n_gen=4,
                       depths=[0])
     cmd = seen[0]
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-sk")}
@@ -192,6 +203,7 @@ def test_results_round_trip_through_json(tmp_path: Path) -> None:
         Perplexity,
         Quality,
         QualityRow,
+        Rate,
         Speed,
         SpeedRow,
     )
@@ -201,12 +213,15 @@ def test_results_round_trip_through_json(tmp_path: Path) -> None:
                     {"path": "t.txt"}, options, None,
                     Quality(Perplexity(10.0, 0.1, [10.0]), Perplexity(10.0, 0.1, [10.0]), True,
                             [QualityRow(8, 11.0, 0.2, 10.0, 0.1, 0.01, 90.0)]),
-                    Speed([DenseSpeed("tg32", 0, 4.0, [4.0])],
-                          [SpeedRow(options.at(8), "tg32", 0, 5.0, 4.0, 1.25, 1.2, 1.3, [5.0])]), [])
+                    Speed([DenseSpeed("tg32", 0, Rate((4.0, 4.2), (0.5, None)))],
+                          [SpeedRow(options.at(8), "tg32", 0, Rate((5.0, 5.5), (0.5, None)), Rate((4.0, 4.2)))]), [])
     doc = json.loads(json.dumps(r.to_json()))
     assert doc["schema"] == results.SCHEMA
     assert doc["options"]["mode"] == "group" and doc["options"]["stride"] == 16
-    assert doc["speed"]["sparse"][0]["sinks"] == 4 and doc["speed"]["sparse"][0]["top_k"] == 8
+    row = doc["speed"]["sparse"][0]
+    assert row["sinks"] == 4 and row["top_k"] == 8
+    assert row["tokens_per_s"] == 5.25 and row["spread"] == 1.1 and row["dense_tokens_per_s"] == 4.1
+    assert row["ratio"] == (5.0 / 4.0 + 5.5 / 4.2) / 2 and row["load_1min"] == [0.5, None]
     assert BenchResult.from_json(doc) == r
 
 
@@ -235,13 +250,20 @@ def test_quantized_cache_rows_run_dense_in_their_own_process(monkeypatch: pytest
 
     monkeypatch.setattr(speed, "run", fake_run)
     want = SparsekSettings(top_k=64, mode="group")
-    meas = speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], rounds=2, n_prompt=8, n_gen=4,
-                             depths=[0], cache_types=("q8_0", "q4_0"))
+    gated: list[int] = []
+    meas = speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, want], processes=2, n_prompt=8, n_gen=4,
+                             depths=[0], cache_types=("q8_0", "q4_0"), gate=lambda: gated.append(len(seen)))
     assert len(seen) == 6
+    assert gated == [0, 1, 2, 3, 4, 5]  # the idle gate before every process, the quantized caches' included
     assert [c[c.index("-ctk") + 1] if "-ctk" in c else "f16" for c in seen] == ["f16", "q8_0", "q4_0"] * 2
     assert all(c[c.index("-ctv") + 1] == c[c.index("-ctk") + 1] for c in seen if "-ctk" in c)
-    ratios = {(r.config.top_k, r.cache_type): r.ratio for r in speed.ratios(meas)}
+    assert {(m.config.top_k, m.cache_type): len(m.samples_ts) for m in meas} == {
+        (0, "f16"): 2, (64, "f16"): 2, (0, "q8_0"): 2, (0, "q4_0"): 2}
+    sp = speed.summarize(meas)
+    assert [(d.test, d.rate.samples) for d in sp.dense] == [("tg4", (10.0, 10.0))]
+    ratios = {(r.top_k, r.cache_type): r.ratio for r in sp.sparse}
     assert ratios == {(64, "f16"): 2.0, (0, "q8_0"): 0.8, (0, "q4_0"): 0.5}
+    assert all(r.rate.processes == 2 for r in sp.sparse)
 
 
 def _result(kl_sparse: float, kl_cache: float, tg_sparse: float, tg_cache: float) -> results.BenchResult:
@@ -252,6 +274,7 @@ def _result(kl_sparse: float, kl_cache: float, tg_sparse: float, tg_cache: float
         Perplexity,
         Quality,
         QualityRow,
+        Rate,
         Speed,
         SpeedRow,
     )
@@ -264,9 +287,9 @@ def _result(kl_sparse: float, kl_cache: float, tg_sparse: float, tg_cache: float
                                [QualityRow(64, 11.0, None, 10.0, kl_sparse, 0.01, 90.0),
                                 QualityRow(0, 11.0, None, 10.0, kl_cache, 0.01, 90.0, cache_type="q4_0")],
                                regime="decode"),
-                       Speed([DenseSpeed("tg32", 8192, 4.0, [4.0])],
-                             [SpeedRow(o.at(64), "tg32", 8192, 8.0, 4.0, tg_sparse, tg_sparse, tg_sparse, [8.0]),
-                              SpeedRow(dense, "tg32", 8192, 2.0, 4.0, tg_cache, tg_cache, tg_cache, [2.0],
+                       Speed([DenseSpeed("tg32", 8192, Rate((4.0,)))],
+                             [SpeedRow(o.at(64), "tg32", 8192, Rate((4.0 * tg_sparse,)), Rate((4.0,))),
+                              SpeedRow(dense, "tg32", 8192, Rate((4.0 * tg_cache,)), Rate((4.0,)),
                                        cache_type="q4_0")]), [])
 
 
@@ -318,18 +341,19 @@ def test_quantized_caches_can_run_at_their_own_depths(monkeypatch: pytest.Monkey
             return Path("/bin") / name
 
     monkeypatch.setattr(speed, "run", fake_run)
-    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, SparsekSettings(top_k=64)], rounds=1, n_prompt=8,
-                      n_gen=4, depths=[0, 8192], cache_types=("q4_0",), cache_depths=[0, 2048])
+    speed.interleaved(FakeBuild(), Path("m.gguf"), [speed.DENSE, SparsekSettings(top_k=64)], processes=1,
+                      n_prompt=8, n_gen=4, depths=[0, 8192], cache_types=("q4_0",), cache_depths=[0, 2048])
     assert [c[c.index("-d") + 1] for c in seen] == ["0,8192", "0,2048"]
 
 
 def test_the_verdict_compares_at_the_deepest_depth_both_were_measured() -> None:
     import dataclasses
 
+    from pysparsek.measure.results import Rate
     from pysparsek.report import tables
 
     r = _result(0.03, 0.06, 2.0, 0.5)
-    deep = dataclasses.replace(r.speed.sparse[0], depth=16384, ratio=3.0)
+    deep = dataclasses.replace(r.speed.sparse[0], depth=16384, rate=Rate((12.0,)))  # ratio 3.0
     r = dataclasses.replace(r, speed=dataclasses.replace(r.speed, sparse=[*r.speed.sparse, deep]))
     line = next(x for x in tables.headline(r).splitlines() if "K/V cache?" in x)
     assert "(2.00× vs 0.50× dense at depth 8192)" in line

@@ -20,10 +20,6 @@ def test_series_lists_existing_patches() -> None:
     assert all(p.suffix == ".patch" for p in series)
 
 
-def test_series_applies_to_the_pin() -> None:
-    assert patches.check() == patches.read_series()
-
-
 def _corrupted_copy(tmp_path: Path) -> tuple[Path, str]:
     bad = tmp_path / "patches"
     shutil.copytree(paths.patches_dir(), bad)
@@ -38,18 +34,18 @@ def _corrupted_copy(tmp_path: Path) -> tuple[Path, str]:
     return bad, victim.name
 
 
-def test_corrupted_patch_is_named(tmp_path: Path) -> None:
-    bad, name = _corrupted_copy(tmp_path)
-    with pytest.raises(patches.PatchError, match=name):
-        patches.check(bad)
+# Each check exports the pin and applies the series (tens of seconds on the 2-core CI machine), so the series is
+# applied once through `make check-patches` (pysparsek.llamacpp.patches.check behind it) for the committed series
+# and once for a corrupted copy, and `make patch-tree` applies it with git am.
 
 
 def test_make_check_patches_fails_loudly_on_a_corrupted_patch(tmp_path: Path) -> None:
+    """The corrupted patch is named on the way out of patches.check (PatchError) and make exits non-zero."""
     bad, name = _corrupted_copy(tmp_path)
     proc = subprocess.run(["make", "-s", "check-patches", f"PATCH_DIR={bad}", f"PYTHON={sys.executable}"],
                           cwd=paths.PROJECT_ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode != 0
-    assert name in proc.stdout + proc.stderr
+    assert "pysparsek: error: " in proc.stderr and name in proc.stderr
 
 
 def test_missing_patch_in_series_is_reported(tmp_path: Path) -> None:
@@ -77,4 +73,4 @@ def test_make_check_patches_passes_on_the_committed_series() -> None:
     proc = subprocess.run(["make", "-s", "check-patches", f"PYTHON={sys.executable}"], cwd=paths.PROJECT_ROOT,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "apply cleanly" in proc.stdout
+    assert f"all {len(patches.read_series())} patches apply cleanly" in proc.stdout

@@ -83,3 +83,24 @@ def test_update_keeps_tolerances(tmp_path: Path) -> None:
 def test_diff_table_names_failures() -> None:
     checks = [regress.Check("ppl/a/k32", 21.0, 20.0, "±0.5%", False, "left its band")]
     assert "FAIL left its band" in regress.table(checks)
+
+
+def test_the_default_parts_leave_out_only_the_long_softmax_values() -> None:
+    """`make test` (CI) runs the default parts: the committed baseline's values of ctx 2048 soft_max are not
+    failures there, every other value still is when it goes unmeasured; --parts softmax-2048 measures them."""
+    import json
+
+    from pysparsek import paths
+    from pysparsek.cli.main import build_parser
+
+    assert tuple(build_parser().parse_args(["regress"]).parts.split(",")) == regress.DEFAULT_PARTS
+    assert set(regress.DEFAULT_PARTS) < set(regress.PARTS)
+    names = json.loads((paths.PROJECT_ROOT / "tests" / "baselines" / "smollm2.json").read_text())["values"]
+    parts = {name: regress.part_of(name) for name in names}
+    assert set(parts.values()) == set(regress.PARTS)
+    assert {n for n, p in parts.items() if p == "softmax-2048"} == {n for n in names if "/ctx2048/fa-off/" in n}
+    unmeasured = [regress.Check(n, float("nan"), 1.0, "-", False, "not measured any more") for n in names]
+    kept = regress.without_unrun_parts(unmeasured, regress.DEFAULT_PARTS, quick=False)
+    assert {c.name for c in kept} == {n for n, p in parts.items() if p != "softmax-2048"}
+    assert regress.without_unrun_parts(unmeasured, regress.DEFAULT_PARTS, quick=True) == []
+    assert len(regress.without_unrun_parts(unmeasured, regress.PARTS, quick=False)) == len(names)

@@ -1,9 +1,11 @@
 """`pysparsek bench`: what Sparse-K costs in quality and buys in speed, for one model on this machine.
 
 Quality (llama-perplexity): stock, patched with Sparse-K off (must be identical), and each K: PPL, KL divergence
-against stock, top-1 agreement. Speed (llama-bench -o json): dense and each K, prompt processing and generation at
-each depth, interleaved over rounds so drift hits all of them; ratios are medians of same-round ratios. Both use
-exactly the same Sparse-K setting (`BenchOptions.sparsek` at each K). Tables and files: `report`.
+against stock, top-1 agreement. Speed (llama-bench -o json): dense, each K and dense with each quantized K/V cache
+(`cache_types`), prompt processing and generation at each depth, each in `processes` separate llama-bench processes
+(rounds, interleaved so drift hits all of them): every setting's median t/s and spread (max/min) over the processes;
+ratios are medians of same-round ratios. Both use exactly the same Sparse-K setting (`BenchOptions.sparsek` at each
+K). Tables and files: `report`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ from pysparsek.measure.perplexity import Settings
 from pysparsek.measure.results import (
     BenchOptions,
     BenchResult,
-    DenseSpeed,
     Perplexity,
     Quality,
     QualityRow,
-    Speed,
-    SpeedRow,
 )
 
 
@@ -73,16 +72,6 @@ def decode_quality(o: BenchOptions) -> Quality:
         for r in results[1:]], regime="decode")
 
 
-def speed_of(meas: list[speed.Measurement]) -> Speed:
-    samples = {(m.config, m.test, m.depth, m.cache_type): m.samples_ts for m in meas}
-    return Speed(
-        [DenseSpeed(m.test, m.depth, m.median_ts, m.samples_ts) for m in meas
-         if m.config == speed.DENSE and m.cache_type == speed.F16],
-        [SpeedRow(r.config, r.test, r.depth, r.ts, r.dense_ts, r.ratio, r.spread[0], r.spread[1],
-                  samples[(r.config, r.test, r.depth, r.cache_type)], r.cache_type)
-         for r in speed.ratios(meas)])
-
-
 def check_remote(rpc: str, regime: str) -> None:
     """RPC servers serve the llama.cpp tools, not the decode regime (llama-cpp-python in this process)."""
     if rpc and regime == "decode":
@@ -113,8 +102,8 @@ def remote_args(o: BenchOptions) -> tuple[int, tuple[str, ...]]:
 
 def measure_speed(o: BenchOptions, patched: builds.Build) -> list[speed.Measurement]:
     configs = [speed.DENSE] + [o.at(k) for k in o.topks]
-    bar = tqdm(total=o.rounds * (len(speed.batches(configs)) + len(o.cache_types)), desc="llama-bench", unit="run",
-               disable=o.quiet)
+    bar = tqdm(total=o.processes * (len(speed.batches(configs)) + len(o.cache_types)), desc="llama-bench",
+               unit="run", disable=o.quiet)
     started = [False]
 
     def step(label: str) -> None:
@@ -125,7 +114,7 @@ def measure_speed(o: BenchOptions, patched: builds.Build) -> list[speed.Measurem
         bar.set_postfix_str(label)
 
     ngl, remote = remote_args(o)
-    meas = speed.interleaved(patched, o.model, configs, rounds=o.rounds, n_prompt=o.n_prompt, n_gen=o.n_gen,
+    meas = speed.interleaved(patched, o.model, configs, processes=o.processes, n_prompt=o.n_prompt, n_gen=o.n_gen,
                              depths=o.depths, reps=o.reps, threads=o.threads, flash_attn=o.flash_attn, ngl=ngl,
                              progress=step, extra=remote, cache_types=tuple(o.cache_types),
                              cache_depths=o.cache_depths)
@@ -174,6 +163,6 @@ def run(o: BenchOptions) -> BenchResult:
         options=o,
         score_copy=copy,
         quality=quality,
-        speed=speed_of(meas),
+        speed=speed.summarize(meas),
         llama_bench_records=[rec for m in meas for rec in m.records],
     )

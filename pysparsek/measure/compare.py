@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,10 +52,11 @@ class Comparison:
 
 def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: str = "cpu",
         quiet: bool = False, exact_topks: tuple[int, ...] = (), patched_extra: tuple[str, ...] = (),
-        cache_types: tuple[str, ...] = ()) -> Comparison:
+        cache_types: tuple[str, ...] = (), keep_stock_logits: Path | None = None) -> Comparison:
     """exact_topks: K values expected to reproduce stock exactly (K >= context); they are compared byte for byte
     instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc).
-    cache_types: also stock, dense, with each of these quantized K/V caches (what users pick instead)."""
+    cache_types: also stock, dense, with each of these quantized K/V caches (what users pick instead).
+    keep_stock_logits: copy the stock run's saved logits there (a KL base for more runs of the same settings)."""
     stock_build = builds.require("stock", backend)
     stock_settings = settings.without_sparsek()
     settings = replace(settings, extra=settings.extra + patched_extra)
@@ -65,6 +67,8 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
         base_file = Path(tmp) / "stock.kld"
         off_file = Path(tmp) / "patched-off.kld"
         stock = perplexity.measure(stock_build, model, text, stock_settings, save_logits=base_file)
+        if keep_stock_logits is not None:
+            shutil.copyfile(base_file, keep_stock_logits)
         steps.update()
         disabled = perplexity.measure(patched_build, model, text, settings.with_sparsek(top_k=0),
                                       save_logits=off_file)

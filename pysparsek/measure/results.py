@@ -1,4 +1,4 @@
-"""What `bench` measures, as types, and their JSON form (results.json, schema `pysparsek.bench/1`).
+"""What `bench` measures, as types, and their JSON form (results.json, schema `pysparsek.bench/2`).
 
 The measuring code builds these objects, the reports read them, and `to_json`/`from_json` are the only places
 that know the JSON layout.
@@ -7,13 +7,17 @@ that know the JSON layout.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pysparsek.sparsek.settings import FIELDS, SparsekSettings
 
-SCHEMA = "pysparsek.bench/1"
+SCHEMA = "pysparsek.bench/2"
+
+# the steadiness a setting's speed is held to: max/min over its processes (issue #23)
+STEADY_SPREAD = 1.10
 
 
 @dataclass
@@ -34,7 +38,7 @@ class BenchOptions:
     n_prompt: int = 512
     n_gen: int = 32
     reps: int = 2
-    rounds: int = 2
+    processes: int = 3           # separate llama-bench processes per setting (speed)
     backend: str = "cpu"
     quiet: bool = False
     skip_speed: bool = False
@@ -136,11 +140,73 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """One setting's tokens/s at one test and depth: one value per llama-bench process (that process's mean over
+    its repetitions). A setting can be fast in some processes and slow in others (issue #23), so a rate is its
+    samples, their median and their spread, never one number alone."""
+    samples: tuple[float, ...]
+    loads: tuple[float | None, ...] = ()   # the 1-minute load average as each process started, where recorded
+
+    def __post_init__(self) -> None:
+        if not self.samples or min(self.samples) <= 0:
+            raise ValueError(f"a rate needs positive samples, got {self.samples!r}")
+        if self.loads and len(self.loads) != len(self.samples):
+            raise ValueError(f"{len(self.loads)} load values for {len(self.samples)} samples")
+        object.__setattr__(self, "samples", tuple(float(v) for v in self.samples))
+        object.__setattr__(self, "loads", tuple(self.loads))
+
+    @property
+    def processes(self) -> int:
+        return len(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def low(self) -> float:
+        return min(self.samples)
+
+    @property
+    def high(self) -> float:
+        return max(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """max / min over the processes (1.0 = every process measured the same)."""
+        return self.high / self.low
+
+    @property
+    def steady(self) -> bool:
+        return self.spread <= STEADY_SPREAD
+
+    def to_json(self, prefix: str = "") -> dict[str, Any]:
+        """`tokens_per_s` (the median), its min and max, the spread and the samples, under `prefix`."""
+        return {f"{prefix}tokens_per_s": self.median, f"{prefix}tokens_per_s_min": self.low,
+                f"{prefix}tokens_per_s_max": self.high, f"{prefix}spread": self.spread,
+                f"{prefix}samples_ts": list(self.samples), f"{prefix}load_1min": list(self.loads)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], prefix: str = "") -> Rate:
+        return cls(tuple(doc[f"{prefix}samples_ts"]), tuple(doc.get(f"{prefix}load_1min", ())))
+
+
+@dataclass(frozen=True)
 class DenseSpeed:
     test: str            # "pp512" or "tg32"
     depth: int
-    tokens_per_s: float  # median over rounds
-    samples_ts: list[float]
+    rate: Rate
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.rate.median
+
+    def to_json(self) -> dict[str, Any]:
+        return {"test": self.test, "depth": self.depth, **self.rate.to_json()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DenseSpeed:
+        return cls(doc["test"], doc["depth"], Rate.from_json(doc))
 
 
 @dataclass(frozen=True)
@@ -148,13 +214,13 @@ class SpeedRow:
     settings: SparsekSettings   # every field set
     test: str
     depth: int
-    tokens_per_s: float
-    dense_tokens_per_s: float
-    ratio: float                # median of per-round ratios (sparse / dense, same round)
-    ratio_min: float
-    ratio_max: float
-    samples_ts: list[float]
+    rate: Rate                  # this setting, one sample per process round
+    dense: Rate                 # dense (f16 cache) in the same rounds, same order
     cache_type: str = "f16"     # K/V cache type; a row with top_k 0 is dense with a quantized cache
+
+    def __post_init__(self) -> None:
+        if self.rate.processes != self.dense.processes:
+            raise ValueError(f"{self.rate.processes} samples of {self.label} against {self.dense.processes} dense ones")
 
     @property
     def top_k(self) -> int:
@@ -164,16 +230,43 @@ class SpeedRow:
     def label(self) -> str:
         return self.settings.label + ("" if self.cache_type == "f16" else f", {self.cache_type} cache")
 
+    @property
+    def tokens_per_s(self) -> float:
+        return self.rate.median
+
+    @property
+    def dense_tokens_per_s(self) -> float:
+        return self.dense.median
+
+    @property
+    def ratios(self) -> list[float]:
+        """This row's t/s / dense t/s of the same round, per round."""
+        return [s / d for s, d in zip(self.rate.samples, self.dense.samples, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        """Median of the same-round ratios (drift between rounds hits both sides of each)."""
+        return statistics.median(self.ratios)
+
+    @property
+    def ratio_min(self) -> float:
+        return min(self.ratios)
+
+    @property
+    def ratio_max(self) -> float:
+        return max(self.ratios)
+
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        del d["settings"]
-        return {**self.settings.given(), **d}
+        return {**self.settings.given(), "test": self.test, "depth": self.depth, **self.rate.to_json(),
+                **self.dense.to_json("dense_"), "ratio": self.ratio, "ratio_min": self.ratio_min,
+                "ratio_max": self.ratio_max, "cache_type": self.cache_type}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SpeedRow:
         names = {f.name for f in FIELDS}
         settings = SparsekSettings(**{k: v for k, v in doc.items() if k in names}).resolved()
-        return cls(settings, **{k: v for k, v in doc.items() if k not in names})
+        return cls(settings, doc["test"], doc["depth"], Rate.from_json(doc), Rate.from_json(doc, "dense_"),
+                   doc.get("cache_type", "f16"))
 
 
 @dataclass(frozen=True)
@@ -182,11 +275,11 @@ class Speed:
     sparse: list[SpeedRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dense": [dataclasses.asdict(d) for d in self.dense], "sparse": [r.to_json() for r in self.sparse]}
+        return {"dense": [d.to_json() for d in self.dense], "sparse": [r.to_json() for r in self.sparse]}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Speed:
-        return cls([DenseSpeed(**d) for d in doc["dense"]], [SpeedRow.from_json(r) for r in doc["sparse"]])
+        return cls([DenseSpeed.from_json(d) for d in doc["dense"]], [SpeedRow.from_json(r) for r in doc["sparse"]])
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ def write_report(r: BenchResult, out: Path) -> list[Path]:
     (out / "results.json").write_text(json.dumps(r.to_json(), indent=2) + "\n")
     written += plots.write(r, out)
     md = ["# pysparsek bench", "", "```", header(r), "```", "", "## Quality", "", "```", quality_table(r), "```",
-          "", "## Speed (ratio = Sparse-K t/s / dense t/s, median of interleaved rounds; spread = min-max)", "",
+          "", "## Speed (t/s: median over separate processes, spread = max/min; ratio = Sparse-K t/s / dense t/s, "
+          "median of same-round ratios)", "",
           "```", speed_table(r), "```", "", "```", headline(r), "```", ""]
     md += [f"![{p.stem}]({p.name})" for p in written if p.suffix == ".png"]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-from pysparsek.measure.results import BenchResult
+from pysparsek.measure.results import BenchResult, Rate
 
 
 def quality(r: BenchResult, path: Path) -> Path:
@@ -61,6 +61,10 @@ def quality(r: BenchResult, path: Path) -> Path:
     return path
 
 
+def _minmax(rates: list[Rate]) -> list[list[float]]:
+    return [[r.median - r.low for r in rates], [r.high - r.median for r in rates]]
+
+
 def speed(r: BenchResult, path: Path) -> Path | None:
     sp = r.speed
     if not sp.dense:
@@ -70,20 +74,22 @@ def speed(r: BenchResult, path: Path) -> Path | None:
     fig, axes = plt.subplots(2, len(tests), figsize=(5 * len(tests), 7), squeeze=False, sharex="col")
     for col, test in enumerate(tests):
         ax_ts, ax_ratio = axes[0][col], axes[1][col]
-        dense = sorted((d.depth, d.tokens_per_s) for d in sp.dense if d.test == test)
-        ax_ts.plot(*zip(*dense, strict=True), "o--", color="gray", label="dense")
+        dense = sorted((d.depth, d.rate) for d in sp.dense if d.test == test)
+        ax_ts.errorbar([d for d, _ in dense], [r.median for _, r in dense], yerr=_minmax([r for _, r in dense]),
+                       fmt="o--", color="gray", capsize=3, label="dense")
         ax_ratio.axhline(1.0, color="gray", linestyle="--", label="dense")
         for label in labels:
-            pts = sorted((s.depth, s.tokens_per_s, s.ratio, s.ratio_min, s.ratio_max)
-                         for s in sp.sparse if s.test == test and s.label == label)
+            rows = sorted((s for s in sp.sparse if s.test == test and s.label == label), key=lambda s: s.depth)
+            pts = [(s.depth, s.tokens_per_s, s.ratio, s.ratio_min, s.ratio_max) for s in rows]
             depths = [p[0] for p in pts]
-            ax_ts.plot(depths, [p[1] for p in pts], "o-", label=label)
+            ax_ts.errorbar(depths, [p[1] for p in pts], yerr=_minmax([s.rate for s in rows]), fmt="o-", capsize=3,
+                           label=label)
             ratio = [p[2] for p in pts]
             err = [[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]]
             ax_ratio.errorbar(depths, ratio, yerr=err, fmt="o-", capsize=3, label=label)
             for d, v in zip(depths, ratio, strict=True):
                 ax_ratio.annotate(f"{v:.2f}×", (d, v), textcoords="offset points", xytext=(4, 4), fontsize="small")
-        ax_ts.set_title(f"{test}: tokens/s")
+        ax_ts.set_title(f"{test}: tokens/s (median over processes; bars: min-max)")
         ax_ts.set_ylabel("tokens/s")
         ax_ratio.set_title(f"{test}: ratio to dense (median; bars: min-max)")
         ax_ratio.set_ylabel("ratio to dense")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pysparsek.measure import machine
-from pysparsek.measure.results import BenchResult, QualityRow, ScoreCopy, SpeedRow
+from pysparsek.measure.results import STEADY_SPREAD, BenchResult, QualityRow, Rate, ScoreCopy, Speed, SpeedRow
 from pysparsek.sparsek import recommended
 
 
@@ -36,18 +36,37 @@ def quality_table(r: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def speed_table(r: BenchResult) -> str:
-    sp = r.speed
-    if not sp.dense:
-        return "(speed not measured)"
-    lines = [f"{'K':>8} {'setting':<34} {'test':>6} {'depth':>6} {'t/s':>9} {'dense t/s':>10} {'ratio':>7} "
-             f"{'spread':>13}"]
-    for s in sorted(sp.sparse, key=lambda s: (s.test, s.depth, s.top_k)):
-        spread = f"{s.ratio_min:>6.3f}-{s.ratio_max:<6.3f}"
+def _rate(rate: Rate) -> str:
+    flag = "" if rate.steady else " !"
+    return f"{rate.median:>9.2f} {rate.low:>8.2f}-{rate.high:<8.2f} {rate.spread:>6.3f}{flag:<2}"
+
+
+def speed_rows(sp: Speed) -> str:
+    """Each setting's median t/s over its processes, their min-max and spread (max/min; `!` above the steadiness
+    bound), and the ratio to dense with an f16 cache (median of same-round ratios, min-max). Dense with a quantized
+    K/V cache is a row of its own."""
+    n = max([d.rate.processes for d in sp.dense], default=0)
+    lines = [f"{'K':>8} {'setting':<34} {'test':>6} {'depth':>6} {'t/s':>9} {'min-max t/s':>17} {'spread':>6}   "
+             f"{'ratio':>7} {'ratio min-max':>13}"]
+    rows: list[tuple[str, int, bool, int, str, str]] = []
+    for d in sp.dense:
+        rows.append((d.test, d.depth, False, 0, "",
+                     f"{'dense':>8} {'':<34} {d.test:>6} {d.depth:>6} {_rate(d.rate)}"))
+    for s in sp.sparse:
         setting = s.settings.details() if s.top_k else f"dense, {s.cache_type} K/V cache"
-        lines.append(f"{s.top_k or '-':>8} {setting:<34} {s.test:>6} {s.depth:>6} {s.tokens_per_s:>9.2f} "
-                     f"{s.dense_tokens_per_s:>10.2f} {s.ratio:>7.3f} {spread}")
+        rows.append((s.test, s.depth, bool(s.top_k), s.top_k, setting,
+                     f"{s.top_k or '-':>8} {setting:<34} {s.test:>6} {s.depth:>6} {_rate(s.rate)} "
+                     f"{s.ratio:>7.3f} {s.ratio_min:>6.3f}-{s.ratio_max:<6.3f}"))
+    lines += [row[-1] for row in sorted(rows, key=lambda r: r[:5])]
+    lines.append(f"t/s = median over {n} separate llama-bench processes; spread = max/min over them "
+                 f"(! = above {STEADY_SPREAD:.2f}); ratio = to dense with an f16 K/V cache")
     return "\n".join(lines)
+
+
+def speed_table(r: BenchResult) -> str:
+    if not r.speed.dense:
+        return "(speed not measured)"
+    return speed_rows(r.speed)
 
 
 def _quality(r: BenchResult, row: SpeedRow) -> QualityRow | None:
@@ -89,7 +108,9 @@ def headline(r: BenchResult) -> str:
         parts = []
         for s in sorted(group, key=lambda s: s.test, reverse=True):
             kind = "decode" if s.test.startswith("tg") else "prompt"
-            parts.append(f"{kind} ({s.test}) {s.ratio:.2f}× ({s.ratio_min:.2f}-{s.ratio_max:.2f})")
+            parts.append(f"{kind} ({s.test}) {s.ratio:.2f}× ({s.ratio_min:.2f}-{s.ratio_max:.2f}; t/s spread "
+                         f"{s.rate.spread:.2f} over {s.rate.processes} processes"
+                         + ("" if s.rate.steady else ", UNSTEADY") + ")")
         q = _quality(r, group[0])
         quality = f"; PPL {q.delta_ppl_pct:+.2f} %, KL {_num(q.kl_mean, '.4f')}" if q else ""
         lines.append(f"  {label}: " + ", ".join(parts) + quality)
