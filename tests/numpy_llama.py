@@ -103,6 +103,62 @@ def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list
     return keep
 
 
+def block_keep(q: np.ndarray, k: np.ndarray, block: int, gamma: float, group: int, sinks: int = 1, local: int = 1,
+               estimate: str = "pooled", r: int = 16) -> np.ndarray:
+    """Block-sparse prefill (issue #22; FlexPrefill's query-aware block pattern, simplified) for one sequence at
+    positions 0..n-1. q [n_tok, n_head, d] and k [n_tok, n_head_kv, d] as attention sees them (RoPE applied).
+    Queries and keys form blocks of `block` positions. For each query block and KV head, the attention mass each
+    causal key block would get is estimated — `pooled`: softmax over key blocks of mean(q_block) · mean(k_block) /
+    sqrt(d); `sampled`: the exact attention of the block's last `r` queries, summed per key block; `none`: no
+    estimate, the static pattern of sinks and local blocks only (A-shape) — and averaged over
+    the KV head's `group` query heads; the key blocks are taken by descending mass until their share reaches `gamma`,
+    plus the first `sinks` blocks and the `local` most recent ones (the diagonal included). Returns the kept cells
+    [n_head, n_tok, n_tok] (within the causal mask; every query head of a KV head keeps the same cells)."""
+    n_tok, n_head, d = q.shape
+    n_head_kv = k.shape[1]
+    nb = (n_tok + block - 1) // block
+    ids = np.arange(n_tok) // block
+    counts = np.bincount(ids, minlength=nb)[:, None, None]
+    mass = np.zeros((n_head, nb, nb))
+    causal_b = np.tril(np.ones((nb, nb), dtype=bool))
+    if estimate == "pooled":
+        qb = np.zeros((nb, n_head, d))
+        kb = np.zeros((nb, n_head_kv, d))
+        np.add.at(qb, ids, q)
+        np.add.at(kb, ids, k)
+        qb /= counts
+        kb /= counts
+        s = np.einsum("ihd,jhd->hij", qb, np.repeat(kb, group, axis=1)) / np.sqrt(d)
+        s = np.where(causal_b, s, -np.inf)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        mass = s / s.sum(axis=-1, keepdims=True)
+    elif estimate == "sampled":
+        kk = np.repeat(k, group, axis=1)
+        for i in range(nb):
+            rows = np.arange(min((i + 1) * block, n_tok) - min(r, counts[i, 0, 0]), min((i + 1) * block, n_tok))
+            s = np.einsum("qhd,khd->hqk", q[rows], kk) / np.sqrt(d)
+            s = np.where(np.arange(n_tok)[None, None, :] <= rows[None, :, None], s, -np.inf)
+            p = np.exp(s - s.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+            per_block = np.zeros((n_head, len(rows), nb))
+            np.add.at(per_block, (slice(None), slice(None), ids), p)
+            mass[:, i, :] = per_block.mean(axis=1)
+    elif estimate != "none":  # none: the static pattern of sinks and local blocks alone (gamma unused)
+        raise ValueError(f"unknown estimate {estimate!r}")
+    mass_kv = mass.reshape(n_head_kv, group, nb, nb).mean(axis=1)
+    keep_b = np.zeros((n_head_kv, nb, nb), dtype=bool)
+    for g in range(n_head_kv):
+        for i in range(nb):
+            order = np.argsort(-mass_kv[g, i, : i + 1], kind="stable")
+            share = np.cumsum(mass_kv[g, i, order]) / max(mass_kv[g, i, : i + 1].sum(), 1e-30)
+            n_take = int(np.searchsorted(share, gamma) + 1) if estimate != "none" else 0
+            keep_b[g, i, order[:n_take]] = True
+            keep_b[g, i, : min(sinks, i + 1)] = True
+            keep_b[g, i, max(0, i - local + 1): i + 1] = True
+    cells = keep_b[:, ids][:, :, ids] & np.tril(np.ones((n_tok, n_tok), dtype=bool))
+    return np.repeat(cells, group, axis=0)
+
+
 def quantized_scores(q: np.ndarray, k: np.ndarray, score_type: str) -> np.ndarray:
     """Selection scores [head, query, key] from a copy of K in `score_type` (q8_0, q4_0): K per cell quantized
     from its full-precision row (as the KV cache's copy is written), Q quantized to q8_0 (the activation type
@@ -120,10 +176,13 @@ def quantized_scores(q: np.ndarray, k: np.ndarray, score_type: str) -> np.ndarra
 
 
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
-           selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none") -> np.ndarray:
+           selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none",
+           blocks: dict | None = None, kept: list[float] | None = None) -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
     to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
-    quantized keys (quantized_scores) while attention uses the F16 keys."""
+    quantized keys (quantized_scores) while attention uses the F16 keys; `blocks`: block_keep's arguments (block,
+    gamma, sinks, local, estimate) for block-sparse prompts instead; `kept`, if given, gets each layer's share of
+    the causal cells kept."""
     rng = np.random.default_rng(0)
     t = w.tensors
     n_tok = len(tokens)
@@ -148,10 +207,14 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         v = np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
         allowed = np.broadcast_to(causal, scores.shape)
+        if blocks is not None:
+            allowed = allowed & block_keep(q, k[:, ::group], group=group, **blocks)
         if top_k > 0:
             seen = scores if selection is None else selection
             seen = seen + rng.normal(0.0, selection_noise, seen.shape) if selection_noise else seen
             allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest, raw_max=raw_max)
+        if kept is not None:
+            kept.append(float(allowed.sum() / (causal.sum() * allowed.shape[0])))
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
