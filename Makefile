@@ -74,7 +74,7 @@ demo: builds
 
 # the suite, then the perplexity regression guard against tests/baselines/ (CI runs exactly this)
 test: builds
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=30
 	$(PY) -m pysparsek regress
 
 regress: builds

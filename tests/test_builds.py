@@ -20,6 +20,16 @@ def test_build_has_every_tool(flavor: str) -> None:
     assert (b.lib_dir / "libllama.so").is_file()
 
 
+def test_each_build_has_what_runs_on_it() -> None:
+    """Stock: what the tests run on stock; test-backend-ops (nothing to check on a CPU-only build, the longest
+    compile) by default for CUDA only."""
+    assert builds.binaries("stock") == ["llama-perplexity", "ggml-rpc-server"]
+    assert builds.binaries("stock", "cuda") == builds.binaries("stock")
+    assert {"llama-server", "llama-bench", "llama-quantize", "test-sparsek-mask"} <= set(builds.binaries("patched"))
+    assert "test-backend-ops" not in builds.binaries("patched")
+    assert "test-backend-ops" in builds.binaries("patched", "cuda")
+
+
 def _exported(lib: str, names: list[str]) -> list[bool]:
     # each library in its own process: libllama finds libggml by soname, and one process holds one of each
     code = "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); print(*[hasattr(lib, n) for n in sys.argv[2:]])"

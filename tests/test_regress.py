@@ -104,3 +104,35 @@ def test_the_default_parts_leave_out_only_the_long_softmax_values() -> None:
     assert {c.name for c in kept} == {n for n, p in parts.items() if p != "softmax-2048"}
     assert regress.without_unrun_parts(unmeasured, regress.DEFAULT_PARTS, quick=True) == []
     assert len(regress.without_unrun_parts(unmeasured, regress.PARTS, quick=False)) == len(names)
+
+
+def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_path: Path) -> None:
+    """One stock run at ctx 2048 with flash attention serves the perplexity part and the modes: its logits file is
+    kept for the modes' KL (same command), and the modes start no stock run of their own unless run alone."""
+    from pysparsek.llamacpp import build as builds
+    from pysparsek.measure import perplexity
+
+    runs: list[tuple[str, int, str, str | None, str | None]] = []
+
+    def fake_measure(build, model, text, s, *, save_logits=None, kld_base=None, env=None):
+        mode = s.sparsek.mode if s.sparsek.top_k else None
+        runs.append((build.flavor, s.ctx, s.flash_attn, mode, str(kld_base) if kld_base else None))
+        if save_logits is not None:
+            Path(save_logits).write_bytes(f"logits {build.flavor} {s.ctx} {s.flash_attn} {s.sparsek.top_k}".encode())
+        if kld_base is not None:
+            assert Path(kld_base).read_bytes().startswith(f"logits stock {s.ctx} {s.flash_attn}".encode())
+        return _ppl(20.0 if not s.sparsek.top_k or s.sparsek.top_k >= s.ctx else 21.0, kl=0.01, top1=95.0)
+
+    monkeypatch.setattr(perplexity, "measure", fake_measure)
+    monkeypatch.setattr(builds, "require", lambda flavor, backend="cpu": builds.get(flavor, backend))
+    values, _ = regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", 2, False, lambda _: None,
+                                ("perplexity", "modes"))
+    stock = [r for r in runs if r[0] == "stock"]
+    assert [(c, fa) for _, c, fa, _, _ in stock] == [(512, "off"), (512, "on"), (2048, "on")]
+    modes = [r for r in runs if r[3] in regress.MODES]
+    assert len(modes) == len(regress.MODES) * len(regress.MODE_TOPKS) and all(r[4] for r in modes)
+    assert "ppl/ctx2048/fa-on/group/k64" in values and not any("/ctx2048/fa-off/" in n for n in values)
+
+    runs.clear()
+    regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", 2, False, lambda _: None, ("modes",))
+    assert [(r[0], r[1], r[2]) for r in runs if r[0] == "stock"] == [("stock", 2048, "on")]

@@ -99,7 +99,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     flavors = ["stock", "patched"] if args.flavor == "both" else [args.flavor]
     for flavor in flavors:
-        b = build.build(flavor, args.backend)
+        b = build.build(flavor, args.backend, extra_targets=tuple(args.target))
         print(f"{flavor}/{args.backend}: {b.bin_dir}")
     return 0
 
@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the patched build")
     p.set_defaults(flavor="both")
     p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.add_argument("--target", action="append", default=[], metavar="NAME", help="also build this llama.cpp target "
+                   "(repeatable), e.g. test-backend-ops: the series' cases of the Sparse-K op and CPU perf timings "
+                   "(built by default for CUDA only)")
 
     add("doctor", cmd_doctor, "report the pin, source, builds, backend, ccache and the llama-cpp-python binding")
 

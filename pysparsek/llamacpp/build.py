@@ -20,22 +20,26 @@ from pysparsek.proc import run
 # runs on stock too, llama-perplexity (the identity and KL references) and ggml's RPC server (GGML_RPC=ON: a remote
 # machine runs the patched one; the stock one shows a stock server refusing a patched client).
 BINARIES = ["llama-perplexity", "ggml-rpc-server"]
-# The patched build only: the tools people run with Sparse-K (llama-server among them), the series' reference test
-# of the Sparse-K mask op and test-backend-ops with the series' cases of the op. Nothing runs these from the stock
-# build (dense speed is the patched build with -sk 0, bit-identical to stock), and they cost CI time there:
-# test-backend-ops.cpp alone is the longest compile of the build (2-3 CPU-minutes on the 2-core CI machine).
-PATCHED_ONLY = ["llama-bench", "llama-completion", "llama-quantize", "test-backend-ops", "test-sparsek-mask",
-                "llama-server"]
+# The patched build only: the tools people run with Sparse-K (llama-server among them) and the series' reference
+# test of the Sparse-K mask op. Nothing runs these from the stock build (dense speed is the patched build with
+# -sk 0, bit-identical to stock), and they cost CI time there.
+PATCHED_ONLY = ["llama-bench", "llama-completion", "llama-quantize", "test-sparsek-mask", "llama-server"]
+# test-backend-ops holds the series' cases of the op; it checks a backend against the CPU, so a CPU-only build has
+# nothing for it to check and nothing in the tests runs it, while test-backend-ops.cpp is the longest compile of the
+# build (2-3 CPU-minutes on the 2-core CI machine): built by default for CUDA only, on the CPU with
+# `pysparsek build --patched --target test-backend-ops` (its perf mode times CPU ops too).
+CUDA_ONLY = ["test-backend-ops"]
 # Appends -mno-amx-* to ggml-cpu after its -march=native (see the file for why).
 NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "cmake" / "ggml_no_amx.cmake"
 
 
-def targets(flavor: str) -> list[str]:
-    return ["llama", *binaries(flavor)]
+def targets(flavor: str, backend: str = "cpu") -> list[str]:
+    return ["llama", *binaries(flavor, backend)]
 
 
-def binaries(flavor: str) -> list[str]:
-    return BINARIES + (PATCHED_ONLY if flavor == "patched" else [])
+def binaries(flavor: str, backend: str = "cpu") -> list[str]:
+    patched = flavor == "patched"
+    return BINARIES + (PATCHED_ONLY if patched else []) + (CUDA_ONLY if patched and backend == "cuda" else [])
 BACKENDS = ("cpu", "cuda")
 
 
@@ -62,7 +66,8 @@ class Build:
         return self.bin_dir / name
 
     def exists(self) -> bool:
-        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file() for b in binaries(self.flavor))
+        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file()
+                                                                  for b in binaries(self.flavor, self.backend))
 
 
 def get(flavor: str, backend: str = "cpu") -> Build:
@@ -145,7 +150,7 @@ def jobs() -> int:
     return int(os.environ.get("JOBS", os.cpu_count() or 2))
 
 
-def build(flavor: str, backend: str = "cpu", log=print) -> Build:
+def build(flavor: str, backend: str = "cpu", log=print, extra_targets: tuple[str, ...] = ()) -> Build:
     """Prepare the tree, configure once (again only when the arguments change), build the targets."""
     target = get(flavor, backend)
     if backend == "cuda" and not (shutil.which("nvcc") or os.environ.get("CUDACXX")):
@@ -161,11 +166,12 @@ def build(flavor: str, backend: str = "cpu", log=print) -> Build:
         run(["cmake", "-S", str(tree), "-B", str(target.dir), *args], env=env)
         args_file.write_text(json.dumps(args))
     log_path = target.dir / "build.log"
-    log(f"pysparsek: building {flavor}/{backend} ({', '.join(targets(flavor))}) with {jobs()} jobs; "
+    names = list(dict.fromkeys([*targets(flavor, backend), *extra_targets]))
+    log(f"pysparsek: building {flavor}/{backend} ({', '.join(names)}) with {jobs()} jobs; "
         f"compiler output in {log_path}")
     run_logged(["cmake", "--build", str(target.dir), "--config", "Release", "-j", str(jobs()),
-                "--target", *targets(flavor)], env=env, log_path=log_path, label=f"{flavor}/{backend}")
-    missing = [b for b in binaries(flavor) if not target.tool(b).is_file()]
+                "--target", *names], env=env, log_path=log_path, label=f"{flavor}/{backend}")
+    missing = [b for b in binaries(flavor, backend) if not target.tool(b).is_file()]
     if missing:
         raise BuildError(f"build finished but {', '.join(missing)} missing in {target.bin_dir}")
     return target
