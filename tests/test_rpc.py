@@ -84,12 +84,14 @@ def local_runs(patched_build: Build, model: Path, short_text: Path,
 
 def test_rpc_perplexity_equals_local(local_runs, patched_build: Build, model: Path, short_text: Path,
                                      tmp_path: Path) -> None:
-    """Dense and Sparse-K (K=64 group, q4_0 copy) over two local servers, layers split between them (-sm layer):
-    the same per-chunk values, final estimate and per-token log-probabilities as the local run, byte for byte."""
+    """Dense and Sparse-K (K=64 group and head, with and without the q4_0 copy) over two local servers, layers
+    split between them (-sm layer): the same per-chunk values, final estimate and per-token log-probabilities as
+    the local run, byte for byte."""
     dense_local, sparse_local = local_runs["dense"][0], local_runs["sparse"][0]
     assert sparse_local.ppl > dense_local.ppl * 1.001, "Sparse-K changed nothing: the test would prove nothing"
+    others = [(name, s) for name, s in TENSOR_SETTINGS.items() if name != "group-q4_0"]
     with rpc.local_servers(patched_build, 2, tmp_path, threads=2) as servers:
-        for name, s in (("dense", SPARSE.with_sparsek(top_k=0, score_type=None)), ("sparse", SPARSE)):
+        for name, s in (("dense", SPARSE.with_sparsek(top_k=0, score_type=None)), ("sparse", SPARSE), *others):
             out = tmp_path / f"{name}-rpc.bin"
             # GGML_SCHED_DEBUG lists each split's backend and nodes: the Sparse-K op must run on a server
             debug = name == "sparse"
