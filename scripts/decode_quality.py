@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--topk", default="128,256")
     ap.add_argument("--modes", default="head,group")
     ap.add_argument("--score-types", default="none,q4_0")
+    ap.add_argument("--sparq-r", default="", help="also SparQ scoring with these component counts (e.g. 8,16)")
     ap.add_argument("--cache-types", default="q8_0,q4_0", help="dense runs with these K/V cache types")
     ap.add_argument("--model")
     ap.add_argument("--text")
@@ -40,6 +41,8 @@ def main() -> int:
     text = Path(args.text) if args.text else corpus.default_text()
     settings = [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, score_type=st)) for mode in args.modes.split(",")
                 for k in args.topk.split(",") for st in args.score_types.split(",")]
+    settings += [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, sparq_r=int(r))) for mode in args.modes.split(",")
+                 for k in args.topk.split(",") for r in args.sparq_r.split(",") if r]
     settings += [dr.Setting(cache_type=ct) for ct in args.cache_types.split(",") if ct]
     t0 = time.time()
     results = dr.measure(model, text, settings, prompt=args.prompt, decode=args.decode, chunks=args.chunks,
@@ -53,11 +56,12 @@ def main() -> int:
         lines.append(f"| {r.setting.label} | {r.ppl:.4f} | {100 * (r.ppl - dense.ppl) / dense.ppl:+.2f} | "
                      f"{r.kl_mean:.5f} ± {r.kl_stderr:.5f} | {r.top1_agreement_pct:.2f} |")
     exact = {(r.setting.sparsek.mode, r.setting.sparsek.top_k): r.kl_mean for r in results[1:]
-             if r.setting.sparsek.top_k and r.setting.sparsek.score_type == "none"}
+             if r.setting.sparsek.top_k and r.setting.sparsek.score_type == "none" and not r.setting.sparsek.sparq_r}
     lines.append("")
     for r in results[1:]:
         key = (r.setting.sparsek.mode, r.setting.sparsek.top_k)
-        if r.setting.sparsek.top_k and r.setting.sparsek.score_type != "none" and key in exact and exact[key]:
+        approx = r.setting.sparsek.score_type != "none" or r.setting.sparsek.sparq_r
+        if r.setting.sparsek.top_k and approx and key in exact and exact[key]:
             lines.append(f"- {r.setting.label}: KL {r.kl_mean / exact[key]:.3f}× exact scoring's "
                          f"({'within' if r.kl_mean <= 1.15 * exact[key] else 'NOT within'} 15 %)")
     out = Path(args.out)

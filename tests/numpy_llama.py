@@ -73,18 +73,24 @@ def pooled_scores(logits: np.ndarray) -> np.ndarray:
 
 
 def sparsek_keep(scores: np.ndarray, allowed: np.ndarray, top_k: int, sets: list[list[int]], window: int = 0,
-                 stride: int = 0, sinks: int = 0, lowest: bool = False, raw_max: bool = False) -> np.ndarray:
+                 stride: int = 0, sinks: int = 0, lowest: bool = False, raw_max: bool = False,
+                 rows: range | None = None) -> np.ndarray:
     """The documented rule for one sequence at positions 0..n-1. scores [n_head, n_tok, n_tok] are the logits
     attention uses (scaled, soft-capped); allowed [n_tok, n_tok] is the model's own mask (causal, sliding window).
     Kept = allowed ∩ (top_k of the set's pooled scores, ties to the lowest position ∪ the `window` most recent
     allowed ∪ stride multiples ∪ first `sinks`); rows with <= top_k allowed cells are kept whole. A set of one head
     ranks its logits; a set of several ranks each cell by the highest log-probability any of its heads gives it
     (log-softmax over the allowed cells). `lowest`: a deliberately wrong rule (K lowest); `raw_max`: the earlier
-    pooling by the max of raw logits, which lets the head with the largest logits take every slot."""
+    pooling by the max of raw logits, which lets the head with the largest logits take every slot. `rows`: the
+    query rows the rule applies to (the others keep every allowed cell: a dense prompt)."""
     n_tok = scores.shape[1]
     keep = np.zeros(scores.shape, dtype=bool)
     pos = np.arange(n_tok)
+    rows = range(n_tok) if rows is None else rows
     for t in range(n_tok):
+        if t not in rows:
+            keep[:, t] = allowed[t]
+            continue
         cells = np.flatnonzero(allowed[t])
         if len(cells) <= top_k:
             keep[:, t, cells] = True
@@ -175,14 +181,38 @@ def quantized_scores(q: np.ndarray, k: np.ndarray, score_type: str) -> np.ndarra
     return np.einsum("qhd,khd->hqk", qq.astype(np.float64), kq)
 
 
+def sparq_scores(q: np.ndarray, k: np.ndarray, r: int) -> np.ndarray:
+    """SparQ's selection scores [head, query, key] (Ribar et al., arXiv 2312.04985), written from the paper: for
+    each query head, the r components i_r with the largest |q|; the score is q[i_r].k[i_r], times
+    sqrt(|q|_1 / |q[i_r]|_1) (the paper's softmax temperature sqrt(d |q[i_r]|_1 / |q|_1) in place of sqrt(d); the
+    caller divides by sqrt(d)). A positive factor per head and query: it changes no head's own ranking, only how
+    heads pool by probability. k [key, kv head, d] as the copy holds it (F16)."""
+    _, n_head, d = q.shape
+    group = n_head // k.shape[1]
+    r = min(r, d)
+    comp = np.argsort(-np.abs(q), axis=-1, kind="stable")[..., :r]            # [query, head, r]
+    chosen = np.zeros(q.shape, dtype=bool)
+    np.put_along_axis(chosen, comp, True, axis=-1)
+    q_r = np.where(chosen, q, 0.0)                                          # q on i_r, 0 elsewhere
+    l1, l1_r = np.abs(q).sum(axis=-1), np.abs(q_r).sum(axis=-1)             # [query, head]
+    factor = np.where(l1_r > 0, np.sqrt(l1 / np.where(l1_r > 0, l1_r, 1.0)), 1.0)
+    kr = np.repeat(k.astype(np.float64), group, axis=1)
+    return np.einsum("qhd,khd->hqk", q_r, kr) * factor.T[:, :, None]
+
+
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
-           selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none",
-           blocks: dict | None = None, kept: list[float] | None = None) -> np.ndarray:
+           selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none", sparq_r: int = 0,
+           sparse_from: int = 0, mean_v: bool = False, blocks: dict | None = None,
+           kept: list[float] | None = None) -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
     to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
-    quantized keys (quantized_scores) while attention uses the F16 keys; `blocks`: block_keep's arguments (block,
-    gamma, sinks, local, estimate) for block-sparse prompts instead; `kept`, if given, gets each layer's share of
-    the causal cells kept."""
+    quantized keys (quantized_scores) while attention uses the F16 keys; `sparq_r` > 0 makes it score with SparQ
+    (sparq_scores) from the F16 keys. `sparse_from`: rows before it attend densely (the decode regime: a dense
+    prompt, then tokens decoded sparsely; causal attention makes one forward pass equal to decoding them one by
+    one). `mean_v`: SparQ's mean-value reallocation, out = a attn(kept) + (1 - a) mean(V over allowed cells), a =
+    the softmax mass of the kept cells under the selection's own scores. `blocks`: block_keep's arguments (block,
+    gamma, sinks, local, estimate) for block-sparse prompts; `kept`, if given, gets each layer's share of the
+    causal cells kept."""
     rng = np.random.default_rng(0)
     t = w.tensors
     n_tok = len(tokens)
@@ -203,22 +233,34 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         # the KV cache holds K and V in F16 (llama.cpp default): round them the same way
         k = k.astype(np.float16).astype(np.float64)
         v = v.astype(np.float16).astype(np.float64)
+        if sparq_r > 0:
+            selection = sparq_scores(q, k, sparq_r) / np.sqrt(d)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
         allowed = np.broadcast_to(causal, scores.shape)
         if blocks is not None:
             allowed = allowed & block_keep(q, k[:, ::group], group=group, **blocks)
+        seen = scores if selection is None else selection
         if top_k > 0:
-            seen = scores if selection is None else selection
             seen = seen + rng.normal(0.0, selection_noise, seen.shape) if selection_noise else seen
-            allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest, raw_max=raw_max)
+            allowed = allowed & sparsek_keep(seen, causal, top_k, sets, lowest=lowest, raw_max=raw_max,
+                                             rows=range(sparse_from, n_tok))
         if kept is not None:
             kept.append(float(allowed.sum() / (causal.sum() * allowed.shape[0])))
         scores = np.where(allowed, scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
-        attn = np.einsum("hqk,khd->qhd", probs, v).reshape(n_tok, -1)
+        attn = np.einsum("hqk,khd->qhd", probs, v)
+        if mean_v and top_k > 0:
+            full = np.where(causal, seen, -np.inf)
+            p_sel = np.exp(full - full.max(axis=-1, keepdims=True))
+            p_sel /= p_sel.sum(axis=-1, keepdims=True)
+            alpha = np.where(allowed, p_sel, 0.0).sum(axis=-1)                       # [head, query]
+            mean = np.cumsum(v, axis=0) / np.arange(1, n_tok + 1)[:, None, None]   # causal mean(V), [query, head, d]
+            alpha = alpha.T[:, :, None]
+            attn = np.where(np.arange(n_tok)[:, None, None] >= sparse_from, alpha * attn + (1 - alpha) * mean, attn)
+        attn = attn.reshape(n_tok, -1)
         x = x + attn @ t[p + "attn_output.weight"].T
         h = _rms_norm(x, t[p + "ffn_norm.weight"], w.eps)
         gate = h @ t[p + "ffn_gate.weight"].T

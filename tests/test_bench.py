@@ -135,7 +135,7 @@ def test_bench_quality_runs_get_the_same_setting() -> None:
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--sparsek-")}
     assert flags == {"--sparsek-topk": "16", "--sparsek-window": "0", "--sparsek-stride": "16",
                      "--sparsek-sinks": "4", "--sparsek-mode": "head", "--sparsek-score-type": "none",
-                     "--sparsek-max-ubatch": "0"}
+                     "--sparsek-max-ubatch": "0", "--sparsek-sparq-r": "0"}
 
 
 def test_dense_and_every_mode_share_one_llama_bench_run_per_round() -> None:

@@ -111,3 +111,24 @@ def test_the_check_tells_quantized_scoring_from_exact_scoring(weights: numpy_lla
                                      SparsekSettings(top_k=16, mode="group", score_type="q4_0"), min_agree=0.75)
     print("\n" + build_q4.report)
     assert not build_q4.ok, build_q4.report
+
+
+@pytest.mark.parametrize("sparq_r", [8, 16])
+def test_sparq_matches_the_reference(weights: numpy_llama.LlamaWeights, model: Path, tokens: list[int],
+                                     dense: Dense, sparq_r: int) -> None:
+    """SparQ selection (r largest |q| components, temperature-corrected pooling) equals the NumPy rule."""
+    rule = {"top_k": 16, "mode": "group", "sparq_r": sparq_r}
+    v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
+                              SparsekSettings(top_k=16, mode="group", sparq_r=sparq_r), min_agree=0.75)
+    print("\n" + v.report)
+    assert v.ok, v.report
+
+
+def test_the_check_tells_sparq_from_exact_scoring(weights: numpy_llama.LlamaWeights, model: Path,
+                                                  tokens: list[int], dense: Dense) -> None:
+    """The SparQ r=8 build measured against the exact-scoring rule must fail the check the SparQ rule passes."""
+    ref = functools.partial(numpy_llama.logits, weights)
+    build = reference_check.check(ref, {"top_k": 16, "mode": "group"}, model, tokens, dense,
+                                  SparsekSettings(top_k=16, mode="group", sparq_r=8), min_agree=0.75)
+    print("\n" + build.report)
+    assert not build.ok, build.report

@@ -36,8 +36,8 @@ def tokens(model: Path) -> list[int]:
 
 
 def _load(open_llm: Callable[..., Any], model: Path, score_type: str, flash_attn: bool = True, mode: str = "group",
-          max_ubatch: int | None = None, **kw: Any) -> Any:
-    sparsek = SparsekSettings(top_k=16, mode=mode, score_type=score_type, max_ubatch=max_ubatch)
+          max_ubatch: int | None = None, sparq_r: int | None = None, **kw: Any) -> Any:
+    sparsek = SparsekSettings(top_k=16, mode=mode, score_type=score_type, max_ubatch=max_ubatch, sparq_r=sparq_r)
     return open_llm(model, sparsek, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=2, logits_all=True,
                     flash_attn=flash_attn, **kw)
 
@@ -288,3 +288,110 @@ def test_sequence_copy_between_streams_copies_the_copy(model: Path, tokens: list
             assert np.array_equal(a, b), f"sequence 1 differs from sequence 0 at token {i}"
     finally:
         lib.llama_free(ctx)
+
+
+# -- SparQ (sparq_r): the channel-major F16 copy of K -------------------------------------------------------------
+# With r >= the head size (64) SparQ scores every component of the copy, which holds exactly what K holds; a batch
+# of several tokens multiplies the copy (transposed back) by q in one product as exact scoring multiplies K, so in
+# head mode (no temperature correction) a batch selects as K does: any cell written to the wrong place, left stale
+# or shifted wrongly changes the selection. (A decoded token sums the r gathered rows in F32 while exact scoring
+# rounds q to F16 for its F16 product: near-ties may go either way there.) Smaller r is checked against the NumPy
+# rule in test_reference.py.
+ALL_COMPONENTS = 64
+
+
+def _decoded(m: Any, tokens: list[int]) -> np.ndarray:
+    return np.concatenate([_eval_logits(m, [t]) for t in tokens])
+
+
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["softmax", "flash-attn"])
+def test_sparq_with_every_component_selects_exactly_as_k(model: Path, tokens: list[int], flash_attn: bool,
+                                                         open_llm: Callable[..., Any]) -> None:
+    out = {}
+    for sparq_r in (0, ALL_COMPONENTS, 8):
+        m = _load(open_llm, model, "none", flash_attn, mode="head", sparq_r=sparq_r)
+        out[sparq_r] = (_eval_logits(m, tokens[:300]), _decoded(m, tokens[300:332]))
+        assert llm.get_sparsek(m).sparq_r == sparq_r
+    assert np.array_equal(out[0][0], out[ALL_COMPONENTS][0])
+    # negative control: 8 of 64 components choose other cells
+    assert not np.array_equal(out[0][0], out[8][0])
+    # decoded tokens: every component scores as K up to rounding, far closer than 8 components
+    kl_all, kl_8 = numpy_llama.kl(out[0][1], out[ALL_COMPONENTS][1]), numpy_llama.kl(out[0][1], out[8][1])
+    print(f"\nKL(exact || sparq r=64) = {kl_all:.2e}, KL(exact || sparq r=8) = {kl_8:.2e}")
+    assert kl_all < 0.1 * kl_8
+
+
+@pytest.mark.parametrize("sparq_r", [ALL_COMPONENTS, 16])
+def test_sparq_removed_cells_are_rewritten_in_the_copy(model: Path, tokens: list[int], sparq_r: int,
+                                                       open_llm: Callable[..., Any]) -> None:
+    a = _load(open_llm, model, "none", sparq_r=sparq_r)
+    _eval_logits(a, tokens[:200])
+    _eval_logits(a, tokens[200:300])
+    a.n_tokens = 200  # llama_memory_seq_rm of the last 100 cells on the next eval
+    got = _eval_logits(a, tokens[300:380])
+    b = _load(open_llm, model, "none", sparq_r=sparq_r)
+    _eval_logits(b, tokens[:200])
+    want = _eval_logits(b, tokens[300:380])
+    assert np.array_equal(got, want)
+
+
+def test_sparq_state_restore_derives_the_copy_from_k(model: Path, tokens: list[int],
+                                                      open_llm: Callable[..., Any]) -> None:
+    a = _load(open_llm, model, "none", sparq_r=16)
+    _eval_logits(a, tokens[:250])
+    state = a.save_state()
+    want = _decoded(a, tokens[250:270])
+    b = _load(open_llm, model, "none", sparq_r=16)
+    b.load_state(state)
+    assert np.array_equal(_decoded(b, tokens[250:270]), want)
+    # SparQ switched on after the restore: the copy is filled from K then, the same again
+    c = _load(open_llm, model, "none")
+    c.load_state(state)
+    llm.set_sparsek(c, SparsekSettings(sparq_r=16))
+    assert np.array_equal(_decoded(c, tokens[250:270]), want)
+
+
+def test_sparq_k_shift_shifts_the_copy(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
+    import llama_cpp
+
+    out = {}
+    for sparq_r in (0, ALL_COMPONENTS):
+        m = _load(open_llm, model, "none", mode="head", sparq_r=sparq_r)
+        _eval_logits(m, tokens[:300])
+        mem = llama_cpp.llama_get_memory(m.ctx)
+        assert llama_cpp.llama_memory_seq_rm(mem, 0, 10, 110)
+        llama_cpp.llama_memory_seq_add(mem, 0, 110, -1, -100)
+        m.n_tokens = 200
+        out[sparq_r] = _eval_logits(m, tokens[300:340])  # one batch: scored as exact scoring scores (see above)
+    assert np.array_equal(out[0], out[ALL_COMPONENTS])
+
+
+def test_sparq_api_and_size(model: Path, open_llm: Callable[..., Any]) -> None:
+    import gguf
+
+    m = open_llm(model, n_ctx=N_CTX, n_threads=2)
+    assert llm.get_sparsek(m).sparq_r == 0 and llm.score_size(m) == 0
+    llm.set_sparsek(m, SparsekSettings(sparq_r=16))
+    reader = gguf.GGUFReader(model)
+    n_layer = int(reader.get_field("llama.block_count").contents())
+    n_head_kv = int(reader.get_field("llama.attention.head_count_kv").contents())
+    n_embd = int(reader.get_field("llama.embedding_length").contents())
+    n_head = int(reader.get_field("llama.attention.head_count").contents())
+    f16 = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.F16][1]
+    # one F16 value per cell, channel and layer, whatever r is
+    assert llm.score_size(m) == n_layer * N_CTX * (n_embd // n_head * n_head_kv) * f16
+    # SparQ's copy replaces a score type's; the score type stays set and comes back when SparQ is off
+    llm.set_sparsek(m, SparsekSettings(score_type="q4_0"))
+    assert llm.get_sparsek(m).score_type == "q4_0"
+    assert llm.score_size(m) == n_layer * N_CTX * (n_embd // n_head * n_head_kv) * f16
+    llm.set_sparsek(m, SparsekSettings(sparq_r=0))
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0]
+    assert llm.score_size(m) == n_layer * N_CTX * (n_embd // n_head * n_head_kv) // block * type_size
+
+
+def test_metadata_sparq_r(model: Path, tmp_path: Path, open_llm: Callable[..., Any]) -> None:
+    want = SparsekSettings(top_k=16, mode="group", sparq_r=16, max_ubatch=1)
+    out = meta.write(model, tmp_path / "m.gguf", want)
+    assert meta.read(out) == want
+    m = open_llm(out, n_ctx=N_CTX, n_threads=2)
+    assert llm.model_sparsek(m) == llm.get_sparsek(m) == want.resolved() and llm.score_size(m) > 0

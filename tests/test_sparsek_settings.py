@@ -35,7 +35,7 @@ def test_unset_fields_resolve_to_llama_cpp_defaults() -> None:
     s = SparsekSettings(top_k=64, sinks=4)
     assert s.given() == {"top_k": 64, "sinks": 4}
     assert s.resolved() == SparsekSettings(top_k=64, window=0, stride=0, sinks=4, mode="head", score_type="none",
-                                           max_ubatch=0)
+                                           max_ubatch=0, sparq_r=0)
     assert s.resolved(SparsekSettings.off().replace(mode="group")).mode == "group"
 
 
@@ -49,21 +49,23 @@ def test_llama_bench_flags_sweep_each_field_and_name_every_one() -> None:
     flags = settings.bench_flags([SparsekSettings(top_k=0), SparsekSettings(top_k=64, stride=16, sinks=4),
                                   SparsekSettings(top_k=256, stride=16, sinks=4)])
     assert flags == ["-sk", "0,64,256", "-skw", "0", "-sks", "0,16", "-skn", "0,4", "-skm", "head", "-skst", "none",
-                     "-skmu", "0"]
+                     "-skmu", "0", "-sksr", "0"]
     assert {f.bench_flag for f in FIELDS} == set(flags[::2])
 
 
 def test_llama_bench_records_read_back() -> None:
-    s = SparsekSettings(top_k=64, window=8, stride=16, sinks=4, mode="token", score_type="q8_0", max_ubatch=1)
+    s = SparsekSettings(top_k=64, window=8, stride=16, sinks=4, mode="token", score_type="q8_0", max_ubatch=1,
+                        sparq_r=16)
     record = {f.bench_field: getattr(s, f.name) for f in FIELDS}
     assert set(record) == {"sparsek_topk", "sparsek_window", "sparsek_stride", "sparsek_sinks", "sparsek_mode",
-                           "sparsek_score_type", "sparsek_max_ubatch"}
+                           "sparsek_score_type", "sparsek_max_ubatch", "sparsek_sparq_r"}
     assert SparsekSettings.from_bench_record(record) == s
 
 
 def test_c_struct_round_trip() -> None:
     s = SparsekSettings(top_k=64, window=8, stride=16, sinks=4, mode="group")
-    assert SparsekSettings(**settings.from_c(settings.to_c(s))) == s.replace(score_type=None, max_ubatch=None)
+    assert SparsekSettings(**settings.from_c(settings.to_c(s))) == s.replace(score_type=None, max_ubatch=None,
+                                                                             sparq_r=None)
     assert settings.to_c(SparsekSettings(mode="token")).mode == 2   # llama_sparsek_mode / ggml_sparsek_mode value
 
 
@@ -72,6 +74,23 @@ def test_labels_leave_defaults_out() -> None:
     assert SparsekSettings(top_k=64).label == "K=64 head"
     assert SparsekSettings(top_k=64, mode="group", window=64, stride=16, sinks=4, score_type="q4_0",
                            max_ubatch=1).label == "K=64 group w=64 stride=16 sinks=4 q4_0 ub<=1"
+    # SparQ's copy replaces the score type's, so the label names SparQ alone
+    assert SparsekSettings(top_k=64, mode="group", score_type="q4_0", sparq_r=16).label == "K=64 group sparq r=16"
+
+
+def test_sparq_r_is_one_field_with_every_spelling() -> None:
+    """SparQ's component count (issue #21) was added as one Field: its flag, llama-bench flag, GGUF value, argparse
+    option and C functions all come from it."""
+    s = SparsekSettings(top_k=64, sparq_r=16)
+    assert s.flags() == ["--sparsek-topk", "64", "--sparsek-sparq-r", "16"]
+    assert s.gguf_values() == {"top_k": 64, "sparq_r": 16}
+    assert settings.bench_flags([s])[-2:] == ["-sksr", "16"]
+    p = argparse.ArgumentParser()
+    settings.add_arguments(p)
+    assert SparsekSettings.from_args(p.parse_args(["--sparq-r", "8"])) == SparsekSettings(sparq_r=8)
+    with pytest.raises(SettingsError, match="sparq_r must be an integer >= 0"):
+        SparsekSettings(sparq_r=-1)
+    assert [f.c_api for f in settings.C_API_FIELDS] == ["max_ubatch", "sparq_r"]
 
 
 def test_argparse_group_parses_and_validates() -> None:

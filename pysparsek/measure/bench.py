@@ -145,11 +145,13 @@ def run(o: BenchOptions) -> BenchResult:
     meas = [] if o.skip_speed else measure_speed(o, patched)
 
     copy = None
-    if o.sparsek.score_type != "none" and o.backend == "cpu":
+    # SparQ's copy (sparq_r) replaces the score type's and is F16, every channel of K (read r of them)
+    copy_type = "f16" if o.sparsek.sparq_r else str(o.sparsek.score_type)
+    if copy_type not in ("none", "None") and o.backend == "cpu":
         from pysparsek.measure import score_copy
 
         # the largest context llama-bench creates here
-        copy = score_copy.measure(o.model, max(o.depths) + o.n_prompt + o.n_gen, str(o.sparsek.score_type))
+        copy = score_copy.measure(o.model, max(o.depths) + o.n_prompt + o.n_gen, copy_type)
 
     return BenchResult(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

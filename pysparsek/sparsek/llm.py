@@ -17,7 +17,16 @@ from typing import Any
 
 from pysparsek.errors import UserError
 from pysparsek.llamacpp import build as builds
-from pysparsek.sparsek.settings import C_FIELDS, FIELDS, CParams, SettingsError, SparsekSettings, from_c, to_c
+from pysparsek.sparsek.settings import (
+    C_API_FIELDS,
+    C_FIELDS,
+    FIELDS,
+    CParams,
+    SettingsError,
+    SparsekSettings,
+    from_c,
+    to_c,
+)
 
 
 class BindingError(UserError, RuntimeError):
@@ -32,9 +41,6 @@ SPARSEK_API: dict[str, tuple[list[Any], Any]] = {
     "llama_set_sparsek": ([_CTX, CParams], ctypes.c_int32),
     "llama_get_sparsek": ([_CTX], CParams),
     "llama_model_sparsek_params": ([_MODEL], CParams),
-    "llama_set_sparsek_max_ubatch": ([_CTX, ctypes.c_uint32], None),
-    "llama_get_sparsek_max_ubatch": ([_CTX], ctypes.c_uint32),
-    "llama_model_sparsek_max_ubatch": ([_MODEL], ctypes.c_uint32),
     "llama_sparsek_score_type_from_name": ([ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)], ctypes.c_bool),
     "llama_sparsek_score_type_name": ([ctypes.c_int], ctypes.c_char_p),
     "llama_set_sparsek_score_type": ([_CTX, ctypes.c_int], ctypes.c_int32),
@@ -42,6 +48,11 @@ SPARSEK_API: dict[str, tuple[list[Any], Any]] = {
     "llama_model_sparsek_score_type": ([_MODEL], ctypes.c_int),
     "llama_get_sparsek_score_size": ([_CTX], ctypes.c_size_t),
 }
+# the integer settings with their own functions (settings.Field.c_api): set, get, and the model's metadata
+for _f in C_API_FIELDS:
+    SPARSEK_API[f"llama_set_sparsek_{_f.c_api}"] = ([_CTX, ctypes.c_uint32], ctypes.c_int32 if _f.c_status else None)
+    SPARSEK_API[f"llama_get_sparsek_{_f.c_api}"] = ([_CTX], ctypes.c_uint32)
+    SPARSEK_API[f"llama_model_sparsek_{_f.c_api}"] = ([_MODEL], ctypes.c_uint32)
 
 
 def bind(lib_dir: Path | None = None) -> ModuleType:
@@ -110,7 +121,7 @@ def get_sparsek(llm: Any) -> SparsekSettings:
     lib = api()
     return SparsekSettings(**from_c(lib.llama_get_sparsek(llm.ctx)),
                            score_type=_score_type_name(lib, lib.llama_get_sparsek_score_type(llm.ctx)),
-                           max_ubatch=int(lib.llama_get_sparsek_max_ubatch(llm.ctx)))
+                           **{f.name: int(getattr(lib, f"llama_get_sparsek_{f.c_api}")(llm.ctx)) for f in C_API_FIELDS})
 
 
 def model_sparsek(llm: Any) -> SparsekSettings:
@@ -118,7 +129,8 @@ def model_sparsek(llm: Any) -> SparsekSettings:
     lib = api()
     return SparsekSettings(**from_c(lib.llama_model_sparsek_params(llm.model)),
                            score_type=_score_type_name(lib, lib.llama_model_sparsek_score_type(llm.model)),
-                           max_ubatch=int(lib.llama_model_sparsek_max_ubatch(llm.model)))
+                           **{f.name: int(getattr(lib, f"llama_model_sparsek_{f.c_api}")(llm.model))
+                              for f in C_API_FIELDS})
 
 
 def set_sparsek(llm: Any, settings: SparsekSettings) -> None:
@@ -140,8 +152,13 @@ def set_sparsek(llm: Any, settings: SparsekSettings) -> None:
         if rc != 0:
             raise BindingError(f"llama_set_sparsek_score_type({settings.score_type}) returned {rc}; llama.cpp's "
                                "log says why")
-    if settings.max_ubatch is not None:
-        lib.llama_set_sparsek_max_ubatch(llm.ctx, settings.max_ubatch)
+    for f in C_API_FIELDS:
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        rc = getattr(lib, f"llama_set_sparsek_{f.c_api}")(llm.ctx, value)
+        if f.c_status and rc != 0:
+            raise BindingError(f"llama_set_sparsek_{f.c_api}({value}) returned {rc}; llama.cpp's log says why")
 
 
 def score_size(llm: Any) -> int:

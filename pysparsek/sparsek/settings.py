@@ -39,6 +39,10 @@ class Field:
     help: str
     label: str = ""        # short name in table labels ("w" -> "w=64"); "" = the value alone
     choices: tuple[str, ...] = ()  # for string settings
+    # an integer setting with its own C functions: llama_set_sparsek_<c_api>(ctx, uint32_t) (returning int32_t 0 on
+    # success when c_status, else void), llama_get_sparsek_<c_api>(ctx), llama_model_sparsek_<c_api>(model)
+    c_api: str = ""
+    c_status: bool = False
 
     @property
     def is_int(self) -> bool:
@@ -82,7 +86,10 @@ FIELDS: tuple[Field, ...] = (
           "of K in this type that the KV cache keeps (q4_0 reads ~28%% of an f16 K's bytes); none = from K itself",
           choices=SCORE_TYPES),
     Field("max_ubatch", 0, "--sparsek-max-ubatch", "-skmu", "--max-ubatch", "apply Sparse-K only to ubatches of at "
-          "most N tokens (1 = decoding only: prompts attend densely); 0 = every ubatch", "ub<="),
+          "most N tokens (1 = decoding only: prompts attend densely); 0 = every ubatch", "ub<=", c_api="max_ubatch"),
+    Field("sparq_r", 0, "--sparsek-sparq-r", "-sksr", "--sparq-r", "SparQ scores: choose the kept cells from the N "
+          "largest |q| components of each query head and a channel-major copy of K (replaces the score type's copy; "
+          "reads N of the head size's channels of K); 0 = off", "sparq r=", c_api="sparq_r", c_status=True),
 )
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
@@ -97,6 +104,7 @@ class SparsekSettings:
     mode: str | None = None
     score_type: str | None = None
     max_ubatch: int | None = None
+    sparq_r: int | None = None
 
     def __post_init__(self) -> None:
         for f in FIELDS:
@@ -161,8 +169,8 @@ class SparsekSettings:
         parts = [str(r.mode)]
         for f in FIELDS:
             value = getattr(r, f.name)
-            if f.name in ("top_k", "mode") or value == f.default:
-                continue
+            if f.name in ("top_k", "mode") or value == f.default or (f.name == "score_type" and r.sparq_r):
+                continue  # SparQ's copy replaces the score type's
             parts.append(f"{f.label}{value}" if not f.label or f.label.endswith("=") else f"{f.label}={value}")
         return " ".join(parts)
 
@@ -226,7 +234,8 @@ class CParams(ctypes.Structure):
                 ("sinks", ctypes.c_int32), ("mode", ctypes.c_int)]
 
 
-C_FIELDS = tuple(name for name, _ in CParams._fields_)  # the rest have their own setters (score type, max ubatch)
+C_FIELDS = tuple(name for name, _ in CParams._fields_)  # the rest have their own setters (score type, c_api fields)
+C_API_FIELDS = tuple(f for f in FIELDS if f.c_api)
 
 
 def to_c(s: SparsekSettings) -> CParams:
