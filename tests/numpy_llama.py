@@ -235,12 +235,13 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         v = v.astype(np.float16).astype(np.float64)
         if sparq_r > 0:
             selection = sparq_scores(q, k, sparq_r) / np.sqrt(d)
+        block_cells = None if blocks is None else block_keep(q, k, group=group, **blocks)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
         allowed = np.broadcast_to(causal, scores.shape)
-        if blocks is not None:
-            allowed = allowed & block_keep(q, k[:, ::group], group=group, **blocks)
+        if block_cells is not None:
+            allowed = allowed & block_cells
         seen = scores if selection is None else selection
         if top_k > 0:
             seen = seen + rng.normal(0.0, selection_noise, seen.shape) if selection_noise else seen

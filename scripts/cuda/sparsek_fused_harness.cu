@@ -129,7 +129,7 @@ static __global__ void sparsek_fused_q4_0(
     __shared__ int    wscan[FUSED_MAX_CHUNK/32];
     __shared__ float  lse_s[H], lbest_s[H];
     __shared__ int    rank_s[SPARSEK_CL_MAX_SIZE];
-    __shared__ int    allowed_s, n_cand_s, kept_s, wcount[NW];
+    __shared__ int    allowed_s, n_cand_s, kept_s;
     __shared__ uint32_t kmax_s;
     __shared__ int    found_s[3];
 
