@@ -8,6 +8,11 @@ placement, timing), as between llama-bench processes, without paying llama-bench
 Each process also reports, per thread, the voluntary and involuntary context switches during the timed decodes and
 the CPU it last ran on (from /proc), and the 1-minute load when it started.
 
+A config `A+B` measures A and B in one process, each in a context of its own restored from the same state, their
+tokens interleaved (A, B, A, B, ...): their ratio is taken under the same conditions of the machine, token pair by
+token pair, even where the machine's own speed changes from one second to the next (issue #23: on a 2-core AMD
+EPYC VM the memory bandwidth swings ~2x in phases of ~10 s with nothing else running in the VM).
+
 Usage: .venv/bin/python scripts/decode_steadiness.py [--configs dense,128:group,128:group:q4_0,128:head]
        [--processes 8] [--depth 8192] [--tokens 32] [--threads 2] [--env NAME=VALUE ...] [--wrap 'taskset -c 0,1']
        [--lib-dir DIR] [--json OUT]
@@ -105,24 +110,36 @@ def child(args: argparse.Namespace) -> int:
     from pysparsek.sparsek.settings import SparsekSettings
 
     load = os.getloadavg()[0]
-    cfg = parse_config(args.config)
     n_ctx = n_ctx_of(args)
-    m = _load(args, n_ctx)
-    import llama_cpp  # bound to the library by _load
 
-    if cfg["top_k"]:
-        llm.set_sparsek(m, SparsekSettings(**cfg, max_ubatch=1))  # dense: the model has no Sparse-K metadata
-    cap = n_ctx
-    arr = (llama_cpp.llama_token * cap)()
-    n_out = ctypes.c_size_t()
-    if not llama_cpp.llama_state_load_file(m.ctx, str(state_path(args)).encode(), arr, cap, ctypes.byref(n_out)):
-        raise SystemExit("llama_state_load_file failed")
-    m.n_tokens = n_out.value
-    m.input_ids[: n_out.value] = arr[: n_out.value]
+    def restored(config: str) -> Any:
+        """A context of its own for one setting, holding the saved cache."""
+        import llama_cpp
+
+        cfg = parse_config(config)
+        m = _load(args, n_ctx)
+        if cfg["top_k"]:
+            llm.set_sparsek(m, SparsekSettings(**cfg, max_ubatch=1))  # dense: the model has no Sparse-K metadata
+        arr = (llama_cpp.llama_token * n_ctx)()
+        n_out = ctypes.c_size_t()
+        if not llama_cpp.llama_state_load_file(m.ctx, str(state_path(args)).encode(), arr, n_ctx,
+                                               ctypes.byref(n_out)):
+            raise SystemExit("llama_state_load_file failed")
+        m.n_tokens = n_out.value
+        m.input_ids[: n_out.value] = arr[: n_out.value]
+        return m
+
+    # --paired: several settings in one process, their tokens interleaved (dense, sparse, dense, ...), so each pair
+    # of timings is taken within ~50 ms of each other, under the same conditions of the machine
+    configs = args.config.split("+")
+    ctxs = [restored(c) for c in configs]
+    m = ctxs[-1]
+    import llama_cpp  # bound to the library by _load
     toks = json.loads(state_path(args).with_suffix(".tokens.json").read_text())
     toks = toks[args.depth: args.depth + args.warmup + args.tokens]
     for t in toks[: args.warmup]:
-        m.eval([t])
+        for c in ctxs:
+            c.eval([t])
     perf = None
     if args.perf:
         # cpu-clock samples of the timed decodes only, every thread of this process
@@ -130,11 +147,12 @@ def child(args: argparse.Namespace) -> int:
                                  "-p", str(os.getpid())], stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # let perf attach
     before = _threads()
-    times = []
+    times: list[list[float]] = [[] for _ in ctxs]
     for t in toks[args.warmup:]:
-        t0 = time.perf_counter()
-        m.eval([t])
-        times.append(time.perf_counter() - t0)
+        for c, ts in zip(ctxs, times, strict=True):
+            t0 = time.perf_counter()
+            c.eval([t])
+            ts.append(time.perf_counter() - t0)
     after = _threads()
     if perf:
         perf.send_signal(signal.SIGINT)
@@ -145,7 +163,9 @@ def child(args: argparse.Namespace) -> int:
     # the last token's logits, so runs of different builds can be checked for bit-identical results
     logits = ctypes.string_at(llama_cpp.llama_get_logits(m.ctx), 4 * llama_cpp.llama_n_vocab(
         llama_cpp.llama_model_get_vocab(m.model)))
-    print(json.dumps({"config": args.config, "ts": len(times) / sum(times), "ms": [1e3 * t for t in times],
+    paired = {c: {"ts": len(ts) / sum(ts), "ms": [1e3 * t for t in ts]} for c, ts in zip(configs, times, strict=True)}
+    print(json.dumps({"config": args.config, "ts": len(times[-1]) / sum(times[-1]),
+                      "ms": [1e3 * t for t in times[-1]], "paired": paired if len(configs) > 1 else None,
                       "logits_sha256": hashlib.sha256(logits).hexdigest(),
                       "load_1min": load, "threads": threads, "pid": os.getpid()}))
     return 0
@@ -194,6 +214,22 @@ def parent(args: argparse.Namespace) -> int:
         ts = [r["ts"] for r in recs]
         print(f"{c:<16} {statistics.median(ts):8.2f} {min(ts):7.2f} {max(ts):7.2f} {max(ts) / min(ts):7.3f}  "
               + " ".join(f"{v:.1f}" for v in ts))
+    paired = {c: recs for c, recs in rows.items() if "+" in c}
+    if paired:
+        print("paired (one process, tokens interleaved): each setting's speed over the processes, and its ratio to the "
+              "first setting of the process, taken token pair by token pair (median of the per-process ratios of "
+              "median token times)")
+    for c, recs in paired.items():
+        first, *rest = c.split("+")
+        for other in rest:
+            ratios = [statistics.median(r["paired"][first]["ms"]) / statistics.median(r["paired"][other]["ms"])
+                      for r in recs]
+            for name in (first, other):
+                ts = [r["paired"][name]["ts"] for r in recs]
+                print(f"  {name:<16} {statistics.median(ts):8.2f} t/s  {min(ts):7.2f}-{max(ts):7.2f}  spread "
+                      f"{max(ts) / min(ts):.3f}")
+            print(f"  {other} / {first}: {statistics.median(ratios):.3f}x  {min(ratios):.3f}-{max(ratios):.3f}  spread "
+                  f"{max(ratios) / min(ratios):.3f}  per process " + " ".join(f"{v:.2f}" for v in ratios))
     loads = [r["load_1min"] for recs in rows.values() for r in recs]
     invol = [sum(t["involuntary"] for t in r["threads"].values()) for recs in rows.values() for r in recs]
     print(f"1-minute load as each process started: {min(loads):.2f}-{max(loads):.2f}; involuntary context switches "
