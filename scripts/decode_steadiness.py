@@ -114,10 +114,9 @@ def child(args: argparse.Namespace) -> int:
 
     def restored(config: str) -> Any:
         """A context of its own for one setting, holding the saved cache."""
-        import llama_cpp
-
         cfg = parse_config(config)
         m = _load(args, n_ctx)
+        import llama_cpp  # bound to the library by _load
         if cfg["top_k"]:
             llm.set_sparsek(m, SparsekSettings(**cfg, max_ubatch=1))  # dense: the model has no Sparse-K metadata
         arr = (llama_cpp.llama_token * n_ctx)()
