@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pysparsek.data import models
+from pysparsek.data import models, tiny_model
 from pysparsek.sparsek import meta
 from pysparsek.sparsek.settings import SparsekSettings
 
@@ -21,6 +21,13 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def model() -> Path:
     return models.default_model()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hundred KB of GGUF: the tests that only write and read keys copy this, not the 98 MB model (each copy
+    of SmolLM2 through gguf-py takes ~10 s on 2 cores); the round trip above keeps the real model."""
+    return tiny_model.write(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
 
 
 def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
@@ -42,9 +49,9 @@ def test_set_show_clear_round_trip(model: Path, tmp_path: Path) -> None:
     assert set(ra.fields) == set(rm.fields)
 
 
-def test_set_replaces_only_given_keys(model: Path, tmp_path: Path) -> None:
+def test_set_replaces_only_given_keys(tiny: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    meta.write(model, a, SparsekSettings(top_k=64, sinks=4))
+    meta.write(tiny, a, SparsekSettings(top_k=64, sinks=4))
     meta.write(a, b, SparsekSettings(top_k=128))
     assert meta.read(b) == SparsekSettings(top_k=128, sinks=4)
 
@@ -65,34 +72,34 @@ def test_errors_are_one_line(model: Path, tmp_path: Path, args: list[str], messa
     assert proc.stderr.count("\n") == 1
 
 
-def test_bad_values_in_a_file_are_a_meta_error(model: Path, tmp_path: Path) -> None:
+def test_bad_values_in_a_file_are_a_meta_error(tiny: Path, tmp_path: Path) -> None:
     """Keys written behind pysparsek's back are checked on reading, naming the file."""
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     bad = tmp_path / "bad.gguf"
     writer = gguf.GGUFWriter(bad, arch="llama")
-    copy_with_new_metadata(gguf.GGUFReader(model), writer, {
+    copy_with_new_metadata(gguf.GGUFReader(tiny), writer, {
         "llama.attention.sparsek.mode": MetadataDetails(gguf.GGUFValueType.STRING, "diagonal")}, [])
     with pytest.raises(meta.MetaError, match=f"{bad}: unknown Sparse-K mode 'diagonal'"):
         meta.read(bad)
 
 
-def test_a_bare_topk_also_stores_the_recommended_settings(model: Path, tmp_path: Path) -> None:
+def test_a_bare_topk_also_stores_the_recommended_settings(tiny: Path, tmp_path: Path) -> None:
     from pysparsek.sparsek.recommended import RECOMMENDED
 
     out = tmp_path / "rec.gguf"
-    proc = _run("set", str(model), "-o", str(out), "--topk", "128")
+    proc = _run("set", str(tiny), "-o", str(out), "--topk", "128")
     assert proc.returncode == 0, proc.stderr
     assert meta.read(out) == RECOMMENDED.replace(top_k=128)
 
 
-def test_explicit_settings_mean_what_they_say(model: Path, tmp_path: Path) -> None:
+def test_explicit_settings_mean_what_they_say(tiny: Path, tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
-    assert _run("set", str(model), "-o", str(a), "--topk", "64", "--window", "0", "--mode", "head").returncode == 0
+    assert _run("set", str(tiny), "-o", str(a), "--topk", "64", "--window", "0", "--mode", "head").returncode == 0
     assert meta.read(a).window == 0 and meta.read(a).mode == "head"
     # what the file already has is not replaced by a recommendation either
     assert _run("set", str(a), "-o", str(b), "--topk", "256").returncode == 0
     assert meta.read(b) == SparsekSettings(top_k=256, window=0, mode="head", sinks=4, score_type="q4_0", max_ubatch=1)
-    assert _run("set", str(model), "-o", str(c), "--topk", "64", "--exact").returncode == 0
+    assert _run("set", str(tiny), "-o", str(c), "--topk", "64", "--exact").returncode == 0
     assert meta.read(c) == SparsekSettings(top_k=64)
