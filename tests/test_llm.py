@@ -28,6 +28,12 @@ def _logits(model: Path, tokens: list[int], sparsek: SparsekSettings | None = No
     return loaders.logits(model, tokens, sparsek, n_ctx=N_CTX, n_threads=2)
 
 
+@pytest.fixture(scope="module")
+def dense(model: Path, prompt_tokens: list[int]) -> np.ndarray:
+    """The prompt's logits without Sparse-K, once for the tests that compare against them."""
+    return _logits(model, prompt_tokens)
+
+
 def _greedy(model: Path, tokens: list[int], n: int, sparsek: SparsekSettings | None = None) -> list[int]:
     out = []
     with loaders.opened(model, sparsek, n_ctx=N_CTX, n_threads=2) as m:
@@ -64,14 +70,12 @@ def test_settings_round_trip_and_validation(model: Path, open_llm: Callable[...,
     assert llm.get_sparsek(m) == want.replace(window=16)  # rejected settings leave the old ones
 
 
-def test_topk_at_least_context_gives_identical_logits(model: Path, prompt_tokens: list[int]) -> None:
-    dense = _logits(model, prompt_tokens)
+def test_topk_at_least_context_gives_identical_logits(model: Path, prompt_tokens: list[int], dense: np.ndarray) -> None:
     full = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=N_CTX, mode="token"))
     assert np.array_equal(dense, full)
 
 
-def test_small_topk_changes_logits_and_generation(model: Path, prompt_tokens: list[int]) -> None:
-    dense = _logits(model, prompt_tokens)
+def test_small_topk_changes_logits_and_generation(model: Path, prompt_tokens: list[int], dense: np.ndarray) -> None:
     sparse = _logits(model, prompt_tokens, sparsek=SparsekSettings(top_k=4))
     # rows with <= 4 visible cells are unchanged; later ones must differ
     assert np.array_equal(dense[:4], sparse[:4])
