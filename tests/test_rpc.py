@@ -243,13 +243,13 @@ def test_tensor_split_refuses_token(patched_build: Build, model: Path, short_tex
 
 def _completion(build: Build, model: Path, prompt: Path, s: SparsekSettings, endpoints: str,
                 cache: Path) -> subprocess.CompletedProcess[str]:
-    """llama-completion, greedy, 24 tokens after `prompt`, under the exact tensor split over `endpoints`, its state
+    """llama-completion, greedy, 12 tokens after `prompt`, under the exact tensor split over `endpoints`, its state
     saved to (first run) or loaded from (later runs) `cache`."""
-    cmd = [str(build.tool("llama-completion")), "-m", str(model), "-f", str(prompt), "-n", "24", "--temp", "0",
+    cmd = [str(build.tool("llama-completion")), "-m", str(model), "-f", str(prompt), "-n", "12", "--temp", "0",
            "-c", "256", "-b", "256", "-ub", "256", "-fa", "on", "-t", "2", "-no-cnv", "--no-display-prompt",
-           "--no-warmup", "--prompt-cache", str(cache), *s.flags(),
+           "--no-warmup", "-lv", "4", "--prompt-cache", str(cache), *s.flags(),
            "-ngl", "99", "--rpc", endpoints, *splits.TENSOR_EXACT]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400)
 
 
 @pytest.mark.parametrize("score_type", ["f16", "q4_0"])
