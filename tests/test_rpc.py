@@ -7,7 +7,9 @@ layers (-ngl 99), llama-perplexity drives them with `--rpc`.
   refused by a patched server (patch 0015);
 - under -sm layer (the default) and -sm tensor (ggml's meta backend over the two RPC devices, the KV heads split
   between them) Sparse-K gives the local run's results; mode token, which pools all heads, is refused under -sm
-  tensor when the context is set up, naming the split mode.
+  tensor when the context is set up, naming the split mode;
+- under -sm tensor a restored state (llama-completion --prompt-cache) rebuilds each device's slice of the score
+  copy from K: the continuation equals the unrestored one.
 """
 
 from __future__ import annotations
@@ -237,3 +239,41 @@ def test_tensor_split_refuses_token(patched_build: Build, model: Path, short_tex
     assert "Sparse-K mode token pools the scores of all query heads" in proc.stdout, proc.stdout[-3000:]
     assert "LLAMA_SPLIT_MODE_TENSOR (-sm tensor)" in proc.stdout
     assert "Final estimate" not in proc.stdout
+
+
+def _completion(build: Build, model: Path, prompt: Path, s: SparsekSettings, endpoints: str,
+                cache: Path) -> subprocess.CompletedProcess[str]:
+    """llama-completion, greedy, 12 tokens after `prompt`, under the exact tensor split over `endpoints`, its state
+    saved to (first run) or loaded from (later runs) `cache`."""
+    cmd = [str(build.tool("llama-completion")), "-m", str(model), "-f", str(prompt), "-n", "12", "--temp", "0",
+           "-c", "256", "-b", "256", "-ub", "256", "-fa", "on", "-t", "2", "-no-cnv", "--no-display-prompt",
+           "--no-warmup", "-lv", "4", "--prompt-cache", str(cache), *s.flags(),
+           "-ngl", "99", "--rpc", endpoints, *splits.TENSOR_EXACT]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.parametrize("score_type", ["f16", "q4_0"])
+def test_tensor_split_restored_state_rebuilds_the_copy(patched_build: Build, model: Path, short_text: Path,
+                                                        tmp_path: Path, score_type: str) -> None:
+    """-sm tensor (the exact split) with a score copy: llama-completion saves its prompt's state (--prompt-cache) and
+    a second run loads it. The state holds K only, so each device derives its KV heads' copy of the restored cells
+    from K, one KV head's run of cells at a time (the head-major copy is split along its KV heads: patches
+    0027-0028); the greedy continuation then equals the one of the run that evaluated the prompt itself, and with
+    the f16 copy, which holds exactly K, the one of scoring from K. K=16, so the restored copy decides."""
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(short_text.read_text(encoding="utf-8")[:700], encoding="utf-8")
+    sk = SparsekSettings(top_k=16, mode="group", score_type=score_type)
+    with rpc.local_servers(patched_build, 2, tmp_path, threads=2) as servers:
+        first = _completion(patched_build, model, prompt, sk, servers.endpoints, tmp_path / "state.bin")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert (tmp_path / "state.bin").is_file()
+        again = _completion(patched_build, model, prompt, sk, servers.endpoints, tmp_path / "state.bin")
+        assert again.returncode == 0, again.stderr[-3000:]
+        from_k = _completion(patched_build, model, prompt, sk.replace(score_type=None), servers.endpoints,
+                             tmp_path / "state-k.bin")
+        assert from_k.returncode == 0, from_k.stderr[-3000:]
+    assert f"Sparse-K score cache ({score_type})" in first.stderr
+    assert "loaded a session" in again.stderr, again.stderr[-3000:]
+    assert first.stdout.strip() and again.stdout == first.stdout
+    if score_type == "f16":
+        assert from_k.stdout == first.stdout
