@@ -128,7 +128,7 @@ def child(args: argparse.Namespace) -> int:
         m.input_ids[: n_out.value] = arr[: n_out.value]
         return m
 
-    # --paired: several settings in one process, their tokens interleaved (dense, sparse, dense, ...), so each pair
+    # a config A+B: several settings in one process, their tokens interleaved (dense, sparse, dense, ...), so each pair
     # of timings is taken within ~50 ms of each other, under the same conditions of the machine
     configs = args.config.split("+")
     ctxs = [restored(c) for c in configs]
