@@ -109,19 +109,23 @@ def test_state_restore_derives_the_copy_from_k(model: Path, tokens: list[int], o
     assert np.array_equal(got, from_k)
 
 
-def test_k_shift_shifts_the_copy(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
-    """After a position shift (what context shifting does) the copy is RoPE-shifted like K: f16 copy == K."""
+def _decode_after_a_shift(m: Any, tokens: list[int], n: int) -> np.ndarray:
+    """Evaluate 300 tokens, drop positions 10-109 and shift the rest down by 100 (what context shifting does: a
+    K-shift), then decode n more tokens one at a time; their logits."""
     import llama_cpp
 
-    out = {}
-    for score_type in ("none", "f16"):
-        m = _load(open_llm, model, score_type)
-        _eval_logits(m, tokens[:300])
-        mem = llama_cpp.llama_get_memory(m.ctx)
-        assert llama_cpp.llama_memory_seq_rm(mem, 0, 10, 110)  # drop 100 positions...
-        llama_cpp.llama_memory_seq_add(mem, 0, 110, -1, -100)  # ...and shift the rest down (a K-shift)
-        m.n_tokens = 200
-        out[score_type] = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:316]])
+    _eval_logits(m, tokens[:300])
+    mem = llama_cpp.llama_get_memory(m.ctx)
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, 10, 110)
+    llama_cpp.llama_memory_seq_add(mem, 0, 110, -1, -100)
+    m.n_tokens = 200
+    return np.concatenate([_eval_logits(m, [t]) for t in tokens[300:300 + n]])
+
+
+def test_k_shift_shifts_the_copy(model: Path, tokens: list[int], open_llm: Callable[..., Any]) -> None:
+    """After a position shift (what context shifting does) the copy is RoPE-shifted like K: f16 copy == K."""
+
+    out = {st: _decode_after_a_shift(_load(open_llm, model, st), tokens, 16) for st in ("none", "f16")}
     assert np.array_equal(out["none"], out["f16"])
 
 
@@ -133,17 +137,10 @@ def test_k_shift_shifts_a_quantized_copy(model: Path, tokens: list[int], score_t
     as it does for the same tokens evaluated at the shifted positions without a shift (measured: q4_0 KL 0.088
     shifted against 0.066, q8_0 0.014 against 0.016). The head-major copy viewed in K's order would be a permuted
     quantized destination, which the CPU's copy to a quantized type refuses (abort)."""
-    import llama_cpp
 
     out = {}
     for st in ("none", score_type):
-        m = _load(open_llm, model, st)
-        _eval_logits(m, tokens[:300])
-        mem = llama_cpp.llama_get_memory(m.ctx)
-        assert llama_cpp.llama_memory_seq_rm(mem, 0, 10, 110)  # drop 100 positions...
-        llama_cpp.llama_memory_seq_add(mem, 0, 110, -1, -100)  # ...and shift the rest down (a K-shift)
-        m.n_tokens = 200
-        out[st, "shifted"] = np.concatenate([_eval_logits(m, [t]) for t in tokens[300:332]])
+        out[st, "shifted"] = _decode_after_a_shift(_load(open_llm, model, st), tokens, 32)
         f = _load(open_llm, model, st)
         _eval_logits(f, tokens[:10] + tokens[110:300])           # the same cells at those positions, no shift
         out[st, "fresh"] = np.concatenate([_eval_logits(f, [t]) for t in tokens[300:332]])
