@@ -112,7 +112,7 @@ def step_check(a: argparse.Namespace) -> None:
     failed = []
     for op, params in CHECK_CASES:
         cmd = [str(exe), "test", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LISTS_ON})
         lines = [line for line in proc.stdout.splitlines() if "tests passed" in line or "FAIL" in line]
         print(f"{op}:", flush=True)
         print("\n".join(lines[-40:]), flush=True)
@@ -217,7 +217,9 @@ def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[s
 PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,"),
                  ("FLASH_ATTN_EXT", r"hsk=128,hsv=128,nh=[18],nr23=\[4,[18]\],kv=(32768|131072),nb=1,"),
                  ("SPARSEK_FLASH_ATTN", None)]
-# selection + sparse flash attention again with the gather compacted from the mask, as before patch 0030
+# the selection's gather lists (patch 0030) are opt-in until checked on a GPU: the profile and bench runs set them on,
+# and off again for the A/B (flash attention compacts the mask, as before the patch)
+LISTS_ON = {"GGML_CUDA_SPARSEK_LIST": "1"}
 LISTS_OFF = {"GGML_CUDA_SPARSEK_LIST": "0"}
 PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
 
@@ -271,13 +273,12 @@ def parse_ncu(text: str) -> list[dict]:
 def step_profile(a: argparse.Namespace) -> None:
     exe = bindir(Path(a.work), "patched") / "test-backend-ops"
     rows = []
-    runs = [(op, params, None) for op, params in PROFILE_CASES] + [("SPARSEK_FLASH_ATTN", None, LISTS_OFF)]
+    runs = [(op, params, LISTS_ON) for op, params in PROFILE_CASES] + [("SPARSEK_FLASH_ATTN", None, LISTS_OFF)]
     for op, params, env in runs:
         cmd = [str(exe), "perf", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                              env={**os.environ, **env} if env else None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **env})
         for row in parse_perf(proc.stdout):
-            if env:
+            if env is LISTS_OFF:
                 row["params"] += ",lists=off"
             rows.append(row)
     md = profile_markdown(rows, SHAPES[a.shape][0], a.step_ms)
@@ -313,7 +314,7 @@ def step_bench(a: argparse.Namespace) -> None:
     for r in range(a.rounds):
         for flavor, extra, label in configs:
             t0 = time.time()
-            env = {**os.environ, **LISTS_OFF} if label.endswith(" lists off") else None
+            env = {**os.environ, **(LISTS_OFF if label.endswith(" lists off") else LISTS_ON)}
             for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a, env):
                 test = f"pp{rec['n_prompt']}" if rec["n_prompt"] else f"tg{rec['n_gen']}"
                 samples.setdefault((label, test, int(rec["n_depth"])), []).append(float(rec["avg_ts"]))
@@ -525,8 +526,8 @@ def main() -> int:
     ap.add_argument("--ncu", action="store_true", help="profile: also each selection kernel's time under ncu")
     ap.add_argument("--trace", action="store_true", help="harness: also each phase's SM clocks (block 0 of row 0)")
     ap.add_argument("--lists-ab", action="store_true",
-                    help="bench: each Sparse-K config also with GGML_CUDA_SPARSEK_LIST=0 (sparse flash attention "
-                         "compacts the mask instead of taking the selection's gather lists)")
+                    help="bench: each Sparse-K config with the selection's gather lists (GGML_CUDA_SPARSEK_LIST=1, "
+                         "as every run here) and also without (sparse flash attention compacts the mask)")
     ap.add_argument("--gather-check", action="store_true",
                     help="bench: also a short verbose decode per patched config, counting sparse FA gather log lines")
     ap.add_argument("--profile-json", help="split: a profile step's gpu_profile.json")
