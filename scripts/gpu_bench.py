@@ -102,7 +102,9 @@ def step_build(a: argparse.Namespace) -> None:
 # test-backend-ops eval on CUDA against the CPU: the mask op, flash attention's sparse gather (n_kv_max > 0), and
 # the quantized products over rows of a few blocks (the score copy's q.k, patch 0013)
 CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]"),
-               ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),")]
+               ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),"),
+               # the selection feeding sparse flash attention (the gather lists the selection writes, patch 0030)
+               ("SPARSEK_FLASH_ATTN", None)]
 
 
 def step_check(a: argparse.Namespace) -> None:
@@ -110,7 +112,7 @@ def step_check(a: argparse.Namespace) -> None:
     failed = []
     for op, params in CHECK_CASES:
         cmd = [str(exe), "test", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LISTS_ON})
         lines = [line for line in proc.stdout.splitlines() if "tests passed" in line or "FAIL" in line]
         print(f"{op}:", flush=True)
         print("\n".join(lines[-40:]), flush=True)
@@ -180,8 +182,9 @@ def step_model(a: argparse.Namespace) -> None:
         print(f"{out} exists", flush=True)
         return
     t0 = time.time()
-    write_random_gguf(q8, a.shape, tree(work, "patched") / "gguf-py")
-    print(f"wrote {q8} in {time.time() - t0:.0f} s", flush=True)
+    if not q8.is_file():  # written already while the build ran (write_random_gguf alone), or now
+        write_random_gguf(q8, a.shape, tree(work, "patched") / "gguf-py")
+        print(f"wrote {q8} in {time.time() - t0:.0f} s", flush=True)
     sh([str(bindir(work, "patched") / "llama-quantize"), "--allow-requantize", str(q8), str(out), a.quant],
        stdout=subprocess.DEVNULL)
     q8.unlink()
@@ -197,9 +200,10 @@ def llama_bench(exe: Path, model: Path, args: list[str], env: dict | None = None
     return proc
 
 
-def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: argparse.Namespace) -> list[dict]:
+def bench_once(exe: Path, model: Path, depths: list[int], extra: list[str], a: argparse.Namespace,
+               env: dict | None = None) -> list[dict]:
     proc = llama_bench(exe, model, ["-r", str(a.reps), "-p", str(a.n_prompt), "-n", str(a.n_gen),
-                                    "-d", ",".join(map(str, depths)), *extra])
+                                    "-d", ",".join(map(str, depths)), *extra], env)
     return json.loads(proc.stdout[proc.stdout.find("["):])
 
 
@@ -211,7 +215,12 @@ def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[s
 
 
 PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,"),
-                 ("FLASH_ATTN_EXT", r"hsk=128,hsv=128,nh=[18],nr23=\[4,[18]\],kv=(32768|131072),nb=1,")]
+                 ("FLASH_ATTN_EXT", r"hsk=128,hsv=128,nh=[18],nr23=\[4,[18]\],kv=(32768|131072),nb=1,"),
+                 ("SPARSEK_FLASH_ATTN", None)]
+# the selection's gather lists (patch 0030) are opt-in until checked on a GPU: the profile and bench runs set them on,
+# and off again for the A/B (flash attention compacts the mask, as before the patch)
+LISTS_ON = {"GGML_CUDA_SPARSEK_LIST": "1"}
+LISTS_OFF = {"GGML_CUDA_SPARSEK_LIST": "0"}
 PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
 
 
@@ -264,10 +273,14 @@ def parse_ncu(text: str) -> list[dict]:
 def step_profile(a: argparse.Namespace) -> None:
     exe = bindir(Path(a.work), "patched") / "test-backend-ops"
     rows = []
-    for op, params in PROFILE_CASES:
-        proc = subprocess.run([str(exe), "perf", "-b", "CUDA0", "-o", op, "-p", params],
-                              capture_output=True, text=True, check=True)
-        rows += parse_perf(proc.stdout)
+    runs = [(op, params, LISTS_ON) for op, params in PROFILE_CASES] + [("SPARSEK_FLASH_ATTN", None, LISTS_OFF)]
+    for op, params, env in runs:
+        cmd = [str(exe), "perf", "-b", "CUDA0", "-o", op] + (["-p", params] if params else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **env})
+        for row in parse_perf(proc.stdout):
+            if env is LISTS_OFF:
+                row["params"] += ",lists=off"
+            rows.append(row)
     md = profile_markdown(rows, SHAPES[a.shape][0], a.step_ms)
     doc = {"gpu": gpu_name(), "shape": a.shape, "step_ms": a.step_ms, "rows": rows}
     if a.ncu:
@@ -293,12 +306,16 @@ def step_bench(a: argparse.Namespace) -> None:
                 label = f"K={k} {mode}" + ("" if st == "none" else f" {st} copy") + \
                     (f" ub<={a.max_ubatch}" if a.max_ubatch else "")
                 configs.append(("patched", ["-sk", str(k), "-skm", mode, "-skst", st, *policy], label))
+                if a.lists_ab:
+                    configs.append(("patched", ["-sk", str(k), "-skm", mode, "-skst", st, *policy],
+                                    label + " lists off"))
     samples: dict[tuple[str, str, int], list[float]] = {}
     raw: list[dict] = []
     for r in range(a.rounds):
         for flavor, extra, label in configs:
             t0 = time.time()
-            for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a):
+            env = {**os.environ, **(LISTS_OFF if label.endswith(" lists off") else LISTS_ON)}
+            for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a, env):
                 test = f"pp{rec['n_prompt']}" if rec["n_prompt"] else f"tg{rec['n_gen']}"
                 samples.setdefault((label, test, int(rec["n_depth"])), []).append(float(rec["avg_ts"]))
                 rec["config"] = label
@@ -356,16 +373,25 @@ def decode_split(profile: dict, bench: dict, depth: int, top_k: int, score_type:
     select = perf_time(rows, "SPARSEK_MASK", kv, "mode=1,", "sets=1")
     fa_sparse = perf_time(rows, "FLASH_ATTN_EXT", "nh=1,nr23=[4,8]", f"kv={depth},", f"n_kv_max={depth // 32}")
     fa_dense = perf_time(rows, "FLASH_ATTN_EXT", "nh=8,nr23=[4,1]", f"kv={depth},", "n_kv_max=0")
+    # selection + sparse FA as one graph (SPARSEK_FLASH_ATTN), with the selection's gather lists and without
+    pair: dict[bool, float | None] = {}
+    for off in (False, True):
+        times = [r["time_us"] for r in rows if r["op"] == "SPARSEK_FLASH_ATTN" and f"n_kv={depth}," in r["params"]
+                 and ("lists=off" in r["params"]) == off]
+        pair[off] = statistics.median(times) if times else None
     label = f"K={top_k} group" + (" q4_0 copy" if score_type == "q4_0" else "")
     tg = {r["config"].split(" ub<=")[0]: r for r in bench["rows"] if r["test"].startswith("tg") and r["depth"] == depth}
-    if label not in tg or "stock" not in tg:
-        raise SystemExit(f"split: the bench has no tg rows for {label!r} and stock at depth {depth}")
-    step_us = {k: 1e6 / tg[k]["tokens_per_s"] for k in ("stock", label)}
-    path_in_graph = fa_dense + (step_us[label] - step_us["stock"]) / n_layer
+    # stock, or the patched build's dense run (equals stock) where the bench built the patched tree alone
+    base = next((r["baseline"] for r in bench["rows"] if r.get("baseline")), "stock")
+    if label not in tg or base not in tg:
+        raise SystemExit(f"split: the bench has no tg rows for {label!r} and {base} at depth {depth}")
+    step_us = {k: 1e6 / tg[k]["tokens_per_s"] for k in (base, label)}
+    path_in_graph = fa_dense + (step_us[label] - step_us[base]) / n_layer
     ops = score + select + fa_sparse
     return {"depth": depth, "top_k": top_k, "config": label, "score_us": score, "select_us": select,
             "fa_sparse_us": fa_sparse, "ops_sum_us": ops, "fa_dense_us": fa_dense, "path_in_graph_us": path_in_graph,
-            "rest_us": path_in_graph - ops, "step_us": step_us, "n_layer": n_layer}
+            "rest_us": path_in_graph - ops, "step_us": step_us, "n_layer": n_layer, "baseline": base,
+            "select_fa_us": pair[False], "select_fa_lists_off_us": pair[True]}
 
 
 def step_split(a: argparse.Namespace) -> None:
@@ -377,10 +403,16 @@ def step_split(a: argparse.Namespace) -> None:
     md = [f"Per layer, {profile['gpu']} (profile) / {bench['gpu']} (bench), depth {depth}, one decoded token: each op "
           "alone (test-backend-ops perf) vs the path in the decode graph (dense FA + per-layer step difference vs "
           "stock, llama-bench tg)", "",
-          "| config | score | select | sparse FA | ops alone | path in graph | rest | dense FA |",
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+          "| config | score | select | sparse FA | select + FA, one graph (lists off) | ops alone | path in graph | "
+          "rest | dense FA |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def us(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
     for d in splits:
         md.append(f"| {d['config']} | {d['score_us']:.1f} | {d['select_us']:.1f} | {d['fa_sparse_us']:.1f} | "
+                  f"{us(d['select_fa_us'])} ({us(d['select_fa_lists_off_us'])}) | "
                   f"{d['ops_sum_us']:.1f} | {d['path_in_graph_us']:.1f} | {d['rest_us']:.1f} | "
                   f"{d['fa_dense_us']:.1f} |")
     write_report(a, "gpu_split", {"splits": splits}, "\n".join(md) + "\n")
@@ -493,6 +525,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ncu", action="store_true", help="profile: also each selection kernel's time under ncu")
     ap.add_argument("--trace", action="store_true", help="harness: also each phase's SM clocks (block 0 of row 0)")
+    ap.add_argument("--lists-ab", action="store_true",
+                    help="bench: each Sparse-K config with the selection's gather lists (GGML_CUDA_SPARSEK_LIST=1, "
+                         "as every run here) and also without (sparse flash attention compacts the mask)")
     ap.add_argument("--gather-check", action="store_true",
                     help="bench: also a short verbose decode per patched config, counting sparse FA gather log lines")
     ap.add_argument("--profile-json", help="split: a profile step's gpu_profile.json")

@@ -68,3 +68,22 @@ def test_decode_split_refuses_ambiguous_or_missing_rows() -> None:
     one = [rows[0]] + [_perf(op, f"{needle},kv=32768,", 1.0) for op, needle in cases]
     with pytest.raises(SystemExit, match="no tg rows"):
         gpu_bench.decode_split({"rows": one}, {"rows": []}, 32768, 1024, "q4_0", 32)
+
+
+def test_decode_split_takes_the_dense_baseline_and_the_selection_with_attention() -> None:
+    rows = [
+        _perf("MUL_MAT", "type_a=q4_0,type_b=f32,m=32768,n=4,k=128,per=[0,1,2,3]", 10.0),
+        _perf("SPARSEK_MASK", "ne=[32768,1,32,1],mode=1,sets=1", 15.0),
+        _perf("FLASH_ATTN_EXT", "nh=1,nr23=[4,8],kv=32768,nb=1,n_kv_max=1024", 12.0),
+        _perf("FLASH_ATTN_EXT", "nh=8,nr23=[4,1],kv=32768,nb=1,n_kv_max=0", 60.0),
+        _perf("SPARSEK_FLASH_ATTN", "hs=128,n_kv=32768,n_head=32,n_kv_max=1024", 20.0),
+        _perf("SPARSEK_FLASH_ATTN", "hs=128,n_kv=32768,n_head=32,n_kv_max=1024,lists=off", 30.0),
+        _perf("SPARSEK_FLASH_ATTN", "hs=128,n_kv=131072,n_head=32,n_kv_max=4096", 99.0),
+    ]
+    # a patched-only bench: ratios and steps against its dense run
+    bench = {"rows": [{"config": "dense", "test": "tg64", "depth": 32768, "tokens_per_s": 200.0, "baseline": "dense"},
+                      {"config": "K=1024 group q4_0 copy ub<=1", "test": "tg64", "depth": 32768,
+                       "tokens_per_s": 1e6 / 5320, "baseline": "dense"}]}
+    q4 = gpu_bench.decode_split({"rows": rows}, bench, 32768, 1024, "q4_0", 32)
+    assert q4["baseline"] == "dense" and abs(q4["path_in_graph_us"] - 70.0) < 1e-9
+    assert (q4["select_fa_us"], q4["select_fa_lists_off_us"]) == (20.0, 30.0)

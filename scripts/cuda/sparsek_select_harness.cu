@@ -1,5 +1,8 @@
 // Standalone harness for the Sparse-K decode selection kernel (ggml-cuda/sparsek-cluster.cuh of the patched tree):
-// checks it against a plain CPU reference of the rule on fresh random data, then times it at decode shapes.
+// checks it against a plain CPU reference of the rule on fresh random data, then times it at decode shapes. Every
+// check also has the kernel write sparse flash attention's gather lists (the kept cells ascending, -1 padded to the
+// bound of top_k + window + sinks, then the counts) and checks them against the mask it wrote; the times are given
+// with and without the lists.
 //
 //   nvcc -O2 -std=c++17 -arch=sm_90 -I<tree>/ggml/include -I<tree>/ggml/src -I<tree>/ggml/src/ggml-cuda \
 //        scripts/cuda/sparsek_select_harness.cu -o sparsek_select_harness && ./sparsek_select_harness
@@ -149,6 +152,7 @@ struct device_problem {
     half  * mask = nullptr;
     half  * keep = nullptr;
     half  * dst = nullptr;
+    int32_t * list = nullptr; // [n_rows][list_cap] then [n_rows] counts
     sparsek_params prm;
     int64_t n_rows;
 };
@@ -172,12 +176,14 @@ static device_problem upload(const problem & p, float scale) {
     q.s_m1 = n_kv; q.s_m3 = n_kv; q.mask_ne3 = 1;
     q.s_d1 = n_kv; q.s_d2 = n_kv; q.s_d3 = n_kv*p.n_out;
     q.top_k = p.s.top_k; q.scale = scale; q.softcap = p.s.softcap; q.rows_per_set = 1;
+    q.list_cap = std::min<int64_t>(n_kv, p.s.top_k + (p.s.keep ? 68 : 0)); // as llama's graph bounds it
     d.n_rows = p.n_sets;
+    CHECK(cudaMalloc(&d.list, d.n_rows*(q.list_cap + 1)*sizeof(int32_t)));
     return d;
 }
 
 static void release(device_problem & d) {
-    cudaFree(d.kq); cudaFree(d.mask); cudaFree(d.keep); cudaFree(d.dst);
+    cudaFree(d.kq); cudaFree(d.mask); cudaFree(d.keep); cudaFree(d.dst); cudaFree(d.list);
 }
 
 #ifdef SPARSEK_CL_TRACE
@@ -196,10 +202,11 @@ static int pick_cluster(const device_problem & d, int forced) {
                                 forced > 0 ? forced : SPARSEK_CL_MAX_SIZE);
 }
 
-static void launch(device_problem & d, int cluster, cudaStream_t stream) {
+static void launch(device_problem & d, int cluster, cudaStream_t stream, bool with_list = true) {
     d.prm.chunk    = (d.prm.n_kv + cluster - 1)/cluster;
     d.prm.n_chunks = cluster;
-    CHECK(sparsek_select_cluster_launch<half, half>(d.kq, d.mask, d.keep, d.dst, d.prm, d.n_rows, cluster, false, stream));
+    CHECK(sparsek_select_cluster_launch<half, half>(d.kq, d.mask, d.keep, d.dst, with_list ? d.list : nullptr, d.prm,
+        d.n_rows, cluster, false, stream));
 }
 
 // returns the number of unexplained mismatches
@@ -214,11 +221,32 @@ static int64_t check(const shape & s, std::mt19937 & rng, int forced_cluster) {
         return 0;
     }
     CHECK(cudaMemset(d.dst, 0x7F, p.n_out*s.n_kv*sizeof(half))); // poison: NaN
+    const int64_t cap = d.prm.list_cap;
+    CHECK(cudaMemset(d.list, 0x7F, d.n_rows*(cap + 1)*sizeof(int32_t)));
     launch(d, cluster, 0);
     CHECK(cudaGetLastError());
     CHECK(cudaDeviceSynchronize());
     std::vector<half> out(p.n_out*s.n_kv);
     CHECK(cudaMemcpy(out.data(), d.dst, out.size()*sizeof(half), cudaMemcpyDeviceToHost));
+    std::vector<int32_t> lists(d.n_rows*(cap + 1));
+    CHECK(cudaMemcpy(lists.data(), d.list, lists.size()*sizeof(int32_t), cudaMemcpyDeviceToHost));
+
+    // the lists: exactly the finite cells of each row of the mask written, ascending, -1 padded, count after the lists
+    int64_t bad_list = 0;
+    for (int64_t r = 0; r < d.n_rows; ++r) {
+        std::vector<int32_t> want;
+        for (int64_t j = 0; j < s.n_kv; ++j) {
+            if (std::isfinite(__half2float(out[r*s.n_kv + j]))) {
+                want.push_back(int32_t(j));
+            }
+        }
+        const int64_t n = std::min<int64_t>(int64_t(want.size()), cap);
+        bad_list += int64_t(want.size()) > cap; // the bound must hold
+        bad_list += lists[d.n_rows*cap + r] != n;
+        for (int64_t i = 0; i < cap; ++i) {
+            bad_list += lists[r*cap + i] != (i < n ? want[i] : -1);
+        }
+    }
 
     std::vector<std::vector<char>> kept;
     std::vector<std::vector<double>> score;
@@ -249,16 +277,17 @@ static int64_t check(const shape & s, std::mt19937 & rng, int forced_cluster) {
         }
     }
     printf("  n_kv=%-6lld %-5s heads=%d/%d K=%-4d ties=%d holes=%.2f valid=%lld keep=%d softcap=%.0f cluster=%2d: "
-           "%s (mismatch %lld, near-threshold %lld, unwritten %lld)\n",
+           "%s (mismatch %lld, near-threshold %lld, unwritten %lld, list errors %lld)\n",
            (long long) s.n_kv, mode_name(s.mode), s.n_head, s.n_head_kv, s.top_k, s.ties, s.holes,
            (long long) (s.n_valid < 0 ? s.n_kv : s.n_valid), s.keep, s.softcap, cluster,
-           bad + unwritten == 0 ? "ok" : "FAIL", (long long) bad, (long long) near, (long long) unwritten);
+           bad + unwritten + bad_list == 0 ? "ok" : "FAIL", (long long) bad, (long long) near, (long long) unwritten,
+           (long long) bad_list);
     release(d);
-    return bad + unwritten;
+    return bad + unwritten + bad_list;
 }
 
 // microseconds per launch: a CUDA graph of `per_graph` launches, replayed, median over replays
-static double time_us(const shape & s, std::mt19937 & rng, int forced_cluster, int & cluster_out) {
+static double time_us(const shape & s, std::mt19937 & rng, int forced_cluster, int & cluster_out, bool with_list) {
     problem p = make_problem(s, rng);
     device_problem d = upload(p, 1.0f/std::sqrt(128.0f));
     const int cluster = pick_cluster(d, forced_cluster);
@@ -269,12 +298,12 @@ static double time_us(const shape & s, std::mt19937 & rng, int forced_cluster, i
     }
     cudaStream_t stream;
     CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    launch(d, cluster, stream); // sets the function attributes outside the capture
+    launch(d, cluster, stream, with_list); // sets the function attributes outside the capture
     CHECK(cudaStreamSynchronize(stream));
     // warm-up: ~200 ms of launches, so that the clocks have ramped up
     for (auto t0 = std::chrono::steady_clock::now(); std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(200);) {
         for (int i = 0; i < 100; ++i) {
-            launch(d, cluster, stream);
+            launch(d, cluster, stream, with_list);
         }
         CHECK(cudaStreamSynchronize(stream));
     }
@@ -283,7 +312,7 @@ static double time_us(const shape & s, std::mt19937 & rng, int forced_cluster, i
     cudaGraphExec_t exec;
     CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
     for (int i = 0; i < per_graph; ++i) {
-        launch(d, cluster, stream);
+        launch(d, cluster, stream, with_list);
     }
     CHECK(cudaStreamEndCapture(stream, &graph));
     CHECK(cudaGraphInstantiate(&exec, graph, 0));
@@ -363,16 +392,17 @@ int main(int argc, char ** argv) {
     }
 
     printf("\ntimes per launch (us, median of 25 graph replays of 20 launches; one decoded token, 32 heads, 8 KV heads):\n");
-    printf("| n_kv | K | mode | cluster | us |\n| --- | --- | --- | --- | --- |\n");
+    printf("| n_kv | K | mode | cluster | us, mask only | us, mask + gather lists |\n| --- | --- | --- | --- | --- | --- |\n");
     for (int64_t n_kv : {32768, 131072}) {
         const int k = n_kv == 32768 ? 1024 : 4096;
         for (int mode : {GROUP, HEAD, TOKEN}) {
             for (int forced : quick ? std::vector<int>{0} : std::vector<int>{0, 8}) {
                 const shape s = {n_kv, 32, 8, mode, k, 0, 0.0f, -1, false, 0.0f};
                 int cluster;
-                const double us = time_us(s, rng, forced, cluster);
-                printf("| %lld | %d | %s | %d%s | %.1f |\n", (long long) n_kv, k, mode_name(mode), cluster,
-                       forced ? " (capped)" : "", us);
+                const double us      = time_us(s, rng, forced, cluster, false);
+                const double us_list = time_us(s, rng, forced, cluster, true);
+                printf("| %lld | %d | %s | %d%s | %.1f | %.1f |\n", (long long) n_kv, k, mode_name(mode), cluster,
+                       forced ? " (capped)" : "", us, us_list);
             }
         }
     }
