@@ -295,7 +295,8 @@ def step_bench(a: argparse.Namespace) -> None:
     work = Path(a.work)
     model = work / f"random-{a.shape}-{a.quant}.gguf"
     depths = [int(d) for d in a.depths.split(",")]
-    configs = [("stock", [], "stock"), ("patched", ["-sk", "0"], "dense")]
+    # (flavor, llama-bench flags, label, environment)
+    configs = [("stock", [], "stock", LISTS_ON), ("patched", ["-sk", "0"], "dense", LISTS_ON)]
     if "stock" not in a.flavors.split(","):
         configs = configs[1:]  # the patched build alone: ratios against its dense run (patched-off equals stock)
     base_label = configs[0][2]
@@ -305,17 +306,16 @@ def step_bench(a: argparse.Namespace) -> None:
             for st in a.score_types.split(","):
                 label = f"K={k} {mode}" + ("" if st == "none" else f" {st} copy") + \
                     (f" ub<={a.max_ubatch}" if a.max_ubatch else "")
-                configs.append(("patched", ["-sk", str(k), "-skm", mode, "-skst", st, *policy], label))
+                flags = ["-sk", str(k), "-skm", mode, "-skst", st, *policy]
+                configs.append(("patched", flags, label, LISTS_ON))
                 if a.lists_ab:
-                    configs.append(("patched", ["-sk", str(k), "-skm", mode, "-skst", st, *policy],
-                                    label + " lists off"))
+                    configs.append(("patched", flags, label + " lists off", LISTS_OFF))
     samples: dict[tuple[str, str, int], list[float]] = {}
     raw: list[dict] = []
     for r in range(a.rounds):
-        for flavor, extra, label in configs:
+        for flavor, extra, label, env in configs:
             t0 = time.time()
-            env = {**os.environ, **(LISTS_OFF if label.endswith(" lists off") else LISTS_ON)}
-            for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a, env):
+            for rec in bench_once(bindir(work, flavor) / "llama-bench", model, depths, extra, a, {**os.environ, **env}):
                 test = f"pp{rec['n_prompt']}" if rec["n_prompt"] else f"tg{rec['n_gen']}"
                 samples.setdefault((label, test, int(rec["n_depth"])), []).append(float(rec["avg_ts"]))
                 rec["config"] = label
@@ -344,7 +344,7 @@ def step_bench(a: argparse.Namespace) -> None:
                   f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} |")
     if a.gather_check:
         gathers = {label: gather_lines(bindir(work, flavor) / "llama-bench", model, depths[0], extra)
-                   for flavor, extra, label in configs if flavor == "patched"}
+                   for flavor, extra, label, _env in configs if flavor == "patched"}
         doc["sparse_gather_log_lines"] = {label: len(lines) for label, lines in gathers.items()}
         doc["sparse_gather_examples"] = {label: lines[:2] for label, lines in gathers.items()}
         md += ["", f"sparse flash-attention gather log lines in a verbose tg4 at depth {depths[0]}: "
