@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh A|B|C
+set -u
+W=/tmp/pysparsek-gpu
+OUT=${OUT:-reports/gpu}
+mkdir -p "$W" "$OUT"
+# the SmolLM2 GGUF travels in parts (one per call): gather them in the work folder
+for p in .gl/smol.part0*; do [ -f "$p" ] && cp "$p" "$W/"; done
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
+case "$1" in
+A)
+  python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60
+  python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &
+  python3 scripts/gpu_bench.py build --flavors patched --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
+  wait
+  python3 scripts/gpu_bench.py model --out "$OUT" > "$OUT/model.log" 2>&1 &
+  python3 scripts/gpu_bench.py check --out "$OUT" 2>&1 | tail -80
+  wait; tail -3 "$OUT/model.log"
+  ;;
+B)
+  python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
+    --score-types none,q4_0 --max-ubatch 1 --lists-ab --reps 2 --rounds 2 --out "$OUT" 2>&1 | tail -40
+  python3 scripts/gpu_bench.py profile --out "$OUT" 2>&1 | tail -60
+  ;;
+C)
+  python3 scripts/gpu_bench.py bench --flavors patched --depths 131072 --topk 4096 --modes group \
+    --score-types none,q4_0 --max-ubatch 1 --lists-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT" 2>&1 | tail -30
+  if [ -f "$W/smol.part02" ]; then
+    cat "$W"/smol.part0* > "$W/smol.gguf"
+    GGML_CUDA_SPARSEK_LIST=1 python3 scripts/gpu_bench.py ppl --ppl-model "$W/smol.gguf" --ppl-text .gl/jargon.txt \
+      --topk 64 --modes group,token --score-types none --out "$OUT" 2>&1 | tail -20
+  fi
+  ;;
+esac
