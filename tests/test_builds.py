@@ -60,3 +60,19 @@ def test_sparsek_mask_op_matches_the_plain_reference(patched_build: builds.Build
     summary = proc.stdout.strip().splitlines()[-1]
     passed, failed = (int(part.split()[0]) for part in summary.split(", "))
     assert failed == 0 and passed > 150
+
+
+def test_a_partial_build_serves_the_tools_a_caller_names(tmp_path, monkeypatch) -> None:
+    """`pysparsek build --only` / `make demo` build libllama and some tools: `require` with those tools takes such a
+    build as it is, and without them (every tool) wants the rest."""
+    b = builds.Build("patched", "cpu", tmp_path)
+    b.bin_dir.mkdir()
+    for name in ("libllama.so", "llama-bench", "llama-perplexity"):
+        (b.bin_dir / name).touch()
+    monkeypatch.setattr(builds, "get", lambda flavor, backend="cpu": b)
+    assert b.exists(("llama-bench", "llama-perplexity")) and b.exists(())
+    assert not b.exists() and not b.exists(("llama-server",))
+    assert builds.require("patched", tools=("llama-bench",), auto_build=False) is b
+    with pytest.raises(builds.BuildError, match="no patched cpu build"):
+        builds.require("patched", tools=("llama-server",), auto_build=False)
+    assert builds.targets("patched", tools=("llama-bench",)) == ["llama", "llama-bench"]

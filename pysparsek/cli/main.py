@@ -99,7 +99,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     flavors = ["stock", "patched"] if args.flavor == "both" else [args.flavor]
     for flavor in flavors:
-        b = build.build(flavor, args.backend, extra_targets=tuple(args.target))
+        b = build.build(flavor, args.backend, extra_targets=tuple(args.target),
+                        tools=tuple(args.only) if args.only else None)
         print(f"{flavor}/{args.backend}: {b.bin_dir}")
     return 0
 
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", action="append", default=[], metavar="NAME", help="also build this llama.cpp target "
                    "(repeatable), e.g. test-backend-ops: the series' cases of the Sparse-K op and CPU perf timings "
                    "(built by default for CUDA only)")
+    p.add_argument("--only", action="append", default=[], metavar="TOOL",
+                   help="build libllama and only this tool (repeatable), e.g. --only llama-bench --only "
+                        "llama-perplexity for `bench` (what `make demo` builds); default: every tool of the flavor")
 
     add("doctor", cmd_doctor, "report the pin, source, builds, backend, ccache and the llama-cpp-python binding")
 

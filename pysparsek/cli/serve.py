@@ -34,7 +34,7 @@ def command(server: Path, o: ServeOptions) -> list[str]:
 
 def exec_server(o: ServeOptions, backend: str = "cpu") -> None:
     """Replace this process with llama-server, so signals (Ctrl-C, SIGTERM) reach the server directly."""
-    server = builds.require("patched", backend).tool("llama-server")
+    server = builds.require("patched", backend, tools=("llama-server",)).tool("llama-server")
     cmd = command(server, o)
     print(f"pysparsek: serving {o.model.name} on http://{o.host}:{o.port} (OpenAI-compatible /v1, settings in "
           f"/props): {' '.join(cmd)}", flush=True)

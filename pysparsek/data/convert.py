@@ -68,7 +68,8 @@ def convert(src: str, out: Path, outtype: str = "f16", quant: str | None = None,
         if quant:
             q = Path(tmp) / f"model-{quant}.gguf"
             try:
-                run([str(builds.require("patched", backend).tool("llama-quantize")), str(f), str(q), quant])
+                quantize = builds.require("patched", backend, tools=("llama-quantize",)).tool("llama-quantize")
+                run([str(quantize), str(f), str(q), quant])
             except ToolError as exc:
                 raise ConvertError(f"llama-quantize {quant} failed: {exc}") from exc
             f = q

@@ -33,8 +33,9 @@ CUDA_ONLY = ["test-backend-ops"]
 NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "cmake" / "ggml_no_amx.cmake"
 
 
-def targets(flavor: str, backend: str = "cpu") -> list[str]:
-    return ["llama", *binaries(flavor, backend)]
+def targets(flavor: str, backend: str = "cpu", tools: tuple[str, ...] | None = None) -> list[str]:
+    """libllama and `tools` (None: every binary of the flavor)."""
+    return ["llama", *(binaries(flavor, backend) if tools is None else tools)]
 
 
 def binaries(flavor: str, backend: str = "cpu") -> list[str]:
@@ -65,9 +66,10 @@ class Build:
     def tool(self, name: str) -> Path:
         return self.bin_dir / name
 
-    def exists(self) -> bool:
-        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file()
-                                                                  for b in binaries(self.flavor, self.backend))
+    def exists(self, tools: tuple[str, ...] | None = None) -> bool:
+        """libllama and `tools` are built (None: every binary of the flavor)."""
+        names = binaries(self.flavor, self.backend) if tools is None else tools
+        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file() for b in names)
 
 
 def get(flavor: str, backend: str = "cpu") -> Build:
@@ -150,8 +152,10 @@ def jobs() -> int:
     return int(os.environ.get("JOBS", os.cpu_count() or 2))
 
 
-def build(flavor: str, backend: str = "cpu", log=print, extra_targets: tuple[str, ...] = ()) -> Build:
-    """Prepare the tree, configure once (again only when the arguments change), build the targets."""
+def build(flavor: str, backend: str = "cpu", log=print, extra_targets: tuple[str, ...] = (),
+          tools: tuple[str, ...] | None = None) -> Build:
+    """Prepare the tree, configure once (again only when the arguments change), build libllama and `tools` (None:
+    every binary of the flavor) and `extra_targets`."""
     target = get(flavor, backend)
     if backend == "cuda" and not (shutil.which("nvcc") or os.environ.get("CUDACXX")):
         raise BuildError("backend 'cuda' needs nvcc on PATH (or CUDACXX); none found")
@@ -166,23 +170,24 @@ def build(flavor: str, backend: str = "cpu", log=print, extra_targets: tuple[str
         run(["cmake", "-S", str(tree), "-B", str(target.dir), *args], env=env)
         args_file.write_text(json.dumps(args))
     log_path = target.dir / "build.log"
-    names = list(dict.fromkeys([*targets(flavor, backend), *extra_targets]))
+    names = list(dict.fromkeys([*targets(flavor, backend, tools), *extra_targets]))
     log(f"pysparsek: building {flavor}/{backend} ({', '.join(names)}) with {jobs()} jobs; "
         f"compiler output in {log_path}")
     run_logged(["cmake", "--build", str(target.dir), "--config", "Release", "-j", str(jobs()),
                 "--target", *names], env=env, log_path=log_path, label=f"{flavor}/{backend}")
-    missing = [b for b in binaries(flavor, backend) if not target.tool(b).is_file()]
+    missing = [b for b in (binaries(flavor, backend) if tools is None else tools) if not target.tool(b).is_file()]
     if missing:
         raise BuildError(f"build finished but {', '.join(missing)} missing in {target.bin_dir}")
     return target
 
 
-def require(flavor: str, backend: str = "cpu", auto_build: bool = True) -> Build:
-    """A finished build, building it first if allowed."""
+def require(flavor: str, backend: str = "cpu", auto_build: bool = True, tools: tuple[str, ...] | None = None) -> Build:
+    """A build with libllama and `tools` (None: every binary of the flavor), building what is missing if allowed.
+    Callers name the tools they run, so a partial build (`pysparsek build --only`, `make demo`) serves them."""
     target = get(flavor, backend)
-    if target.exists():
+    if target.exists(tools):
         return target
     if not auto_build:
         raise BuildError(f"no {flavor} {backend} build in {target.dir}; run `make {flavor}-build`")
     print(f"pysparsek: {flavor} {backend} build missing, building it now", file=sys.stderr)
-    return build(flavor, backend)
+    return build(flavor, backend, tools=tools)

@@ -130,8 +130,9 @@ def run(o: BenchOptions) -> BenchResult:
     check_remote(o.rpc, o.regime)
     check_cache_types(o)
     ngl, remote = remote_args(o)
-    patched = builds.require("patched", o.backend)
-    builds.require("stock", o.backend)
+    # the stock build only for the prompt regime's identity check (compare.run requires it); the decode regime's
+    # dense is the patched library with Sparse-K off, bit-identical to stock (tests/test_identity.py)
+    patched = builds.require("patched", o.backend, tools=("llama-bench", "llama-perplexity"))
     if o.regime == "decode":
         if o.backend != "cpu":
             raise builds.BuildError("the decode regime runs through llama-cpp-python on the CPU build only")

@@ -57,10 +57,10 @@ def run(model: Path, text: Path, settings: Settings, topks: list[int], backend: 
     instead of through KL divergence. patched_extra: more arguments for the patched runs only (e.g. --rpc).
     cache_types: also stock, dense, with each of these quantized K/V caches (what users pick instead).
     keep_stock_logits: copy the stock run's saved logits there (a KL base for more runs of the same settings)."""
-    stock_build = builds.require("stock", backend)
+    stock_build = builds.require("stock", backend, tools=("llama-perplexity",))
     stock_settings = settings.without_sparsek()
     settings = replace(settings, extra=settings.extra + patched_extra)
-    patched_build = builds.require("patched", backend)
+    patched_build = builds.require("patched", backend, tools=("llama-perplexity",))
     steps = tqdm(total=2 + len(topks) + len(exact_topks) + len(cache_types), desc="perplexity", unit="run",
                  disable=quiet)
     with tempfile.TemporaryDirectory(prefix="pysparsek-") as tmp:

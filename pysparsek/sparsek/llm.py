@@ -57,7 +57,7 @@ for _f in C_API_FIELDS:
 
 def bind(lib_dir: Path | None = None) -> ModuleType:
     """Import llama_cpp on the library in lib_dir (default: the patched CPU build)."""
-    lib_dir = (lib_dir or builds.require("patched").lib_dir).resolve()
+    lib_dir = (lib_dir or builds.require("patched", tools=()).lib_dir).resolve()
     if "llama_cpp" in sys.modules:
         current = os.environ.get("LLAMA_CPP_LIB_PATH")
         if current is None or Path(current).resolve() != lib_dir:
