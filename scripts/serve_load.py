@@ -39,7 +39,10 @@ def main() -> int:
     ap.add_argument("-t", "--threads", type=int, default=2, help="llama-server -t (1 where another process holds a "
                     "core: ggml's thread barriers then wait on a descheduled thread)")
     ap.add_argument("--n-predict", default="32,64")
-    ap.add_argument("--max-prompt", type=int, default=0, help="longest prompt (default: what fits a slot)")
+    ap.add_argument("--max-prompt", type=int, default=0, help="longest prompt after the shared prefix (default: "
+                    "what fits a slot)")
+    ap.add_argument("--shared-prefix", type=int, default=0, help="every prompt starts with the text's first N tokens "
+                    "(a long document every request asks about), cache_prompt on: decoding at a long context")
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--configs", default="dense,sk-decode,sk-all")
     ap.add_argument("--no-alone", action="store_true", help="skip the one-at-a-time reference pass")
@@ -70,10 +73,14 @@ def main() -> int:
             text = corpus.default_text().read_text(encoding="utf-8")[:400_000]
             tokens = server.tokenize(c, text)
             slot = sl.slot_ctx(c)
-    max_prompt = args.max_prompt or slot - max(n_predict) - 8
-    requests = load.workload(tokens, args.requests, max_prompt, n_predict)
+    max_prompt = args.max_prompt or slot - args.shared_prefix - max(n_predict) - 8
+    if max_prompt < 16 or args.shared_prefix + max_prompt + max(n_predict) > slot:
+        raise SystemExit(f"a slot holds {slot} tokens: the shared prefix ({args.shared_prefix}), the longest prompt "
+                         f"({max_prompt}) and n_predict ({max(n_predict)}) do not fit")
+    requests = load.workload(tokens, args.requests, max_prompt, n_predict, shared_prefix=args.shared_prefix)
     warmup = load.Request(prompt=tuple(tokens[:32]), n_predict=4, stream=False)
-    print(f"{len(requests)} requests, prompts {min(len(r.prompt) for r in requests)}..{max_prompt} tokens "
+    print(f"{len(requests)} requests, prompts {args.shared_prefix} shared + "
+          f"{min(len(r.prompt) for r in requests) - args.shared_prefix}..{max_prompt} tokens "
           f"(slot context {slot}), n_predict {n_predict}, {args.clients} clients, -np {args.parallel}", flush=True)
 
     results = []
@@ -90,6 +97,7 @@ def main() -> int:
     info = machine.describe()
     doc = {"machine": info, "model": model.name, "clients": args.clients, "parallel": args.parallel,
            "ctx": args.ctx, "slot_ctx": slot, "n_predict": n_predict, "max_prompt": max_prompt,
+           "shared_prefix": args.shared_prefix,
            "prompt_lengths": [len(r.prompt) for r in requests], "streamed": [r.stream for r in requests],
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "results": [r.to_json() for r in results]}
@@ -98,9 +106,10 @@ def main() -> int:
           f"`scripts/serve_load.py {' '.join(sys.argv[1:])}` on {machine.one_line(info)}, {doc['date']}. "
           f"{len(requests)} requests from {args.clients} concurrent clients, `-np {args.parallel}` "
           f"(continuous batching), `-c {args.ctx}` (slot context {slot}), `-t {args.threads}`, flash attention; "
-          f"prompts "
-          f"{min(doc['prompt_lengths'])}..{max_prompt} tokens, n_predict {n_predict} (greedy, ignore_eos, "
-          f"cache_prompt off), every other request streamed. Sparse-K: "
+          + (f"prompts {args.shared_prefix} tokens shared by every request (one document, cache_prompt on) + "
+             f"{min(doc['prompt_lengths']) - args.shared_prefix}..{max_prompt} of their own"
+             if args.shared_prefix else f"prompts {min(doc['prompt_lengths'])}..{max_prompt} tokens (cache_prompt off)")
+          + f", n_predict {n_predict} (greedy, ignore_eos), every other request streamed. Sparse-K: "
           + "; ".join(f"`{n}` = {configs[n].label}" for n in names if configs[n].enabled) + ".", "",
           sl.markdown_table(results), "",
           "Identical to alone: the answer's token ids equal those of the same request sent when the server had "

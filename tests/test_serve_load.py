@@ -49,8 +49,22 @@ def test_workload_spreads_lengths_and_streams_every_other() -> None:
     assert [r.n_predict for r in reqs] == [8, 16, 8, 16, 8]
     for r in reqs:  # contiguous slices of the text
         assert list(r.prompt) == list(range(r.prompt[0], r.prompt[0] + len(r.prompt)))
-    with pytest.raises(ValueError, match="fewer than the longest prompt"):
+    with pytest.raises(ValueError, match="fewer than the shared prefix and the longest prompt"):
         load.workload(list(range(100)), 2, max_prompt=200, n_predict=[8])
+    assert not any(r.cache_prompt or r.body()["cache_prompt"] for r in reqs)
+
+
+def test_workload_with_a_shared_prefix_starts_every_prompt_with_it_and_caches_it() -> None:
+    reqs = load.workload(list(range(1000)), 4, max_prompt=100, n_predict=[8], min_prompt=10, shared_prefix=300)
+    assert sorted(len(r.prompt) - 300 for r in reqs) == [10, 40, 70, 100]
+    for r in reqs:
+        assert list(r.prompt[:300]) == list(range(300)) and r.body()["cache_prompt"] is True
+        own = list(r.prompt[300:])  # another place of the text, after the prefix
+        assert own[0] >= 300 and own == list(range(own[0], own[0] + len(own)))
+    with pytest.raises(ValueError, match="fewer than the shared prefix"):
+        load.workload(list(range(350)), 2, max_prompt=100, n_predict=[8], shared_prefix=300)
+    with pytest.raises(ValueError, match="shared_prefix must be >= 0"):
+        load.workload(list(range(350)), 2, max_prompt=100, n_predict=[8], shared_prefix=-1)
 
 
 def test_agreement_and_summary_count_failures_and_divergences() -> None:

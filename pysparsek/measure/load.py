@@ -21,12 +21,16 @@ class Request:
     prompt: tuple[int, ...]
     n_predict: int
     stream: bool
+    # off: an answer never depends on what an earlier request left in a slot, so a request served under load and
+    # the same request served alone start from the same (empty) cache. On for a long shared prefix (workload's
+    # shared_prefix): the server computes it once and reuses it (slot or RAM prompt cache), as a chat over one
+    # long document does
+    cache_prompt: bool = False
 
     def body(self) -> dict[str, Any]:
-        # cache_prompt off: an answer never depends on what an earlier request left in a slot, so a request served
-        # under load and the same request served alone start from the same (empty) cache
         return {"prompt": list(self.prompt), "n_predict": self.n_predict, "temperature": 0.0, "top_k": 1,
-                "seed": 1, "ignore_eos": True, "cache_prompt": False, "return_tokens": True, "stream": self.stream}
+                "seed": 1, "ignore_eos": True, "cache_prompt": self.cache_prompt, "return_tokens": True,
+                "stream": self.stream}
 
 
 @dataclass
@@ -217,23 +221,29 @@ def agreement(loaded: Run, alone: Run) -> Agreement:
 
 
 def workload(text_tokens: Sequence[int], n: int, max_prompt: int, n_predict: Sequence[int], stream_every: int = 2,
-             min_prompt: int = 16, seed: int = 0) -> list[Request]:
+             min_prompt: int = 16, seed: int = 0, shared_prefix: int = 0) -> list[Request]:
     """n requests over one tokenized text: prompt lengths spread evenly over [min_prompt, max_prompt] (shuffled),
     each from another place in the text, n_predict taken in turn from `n_predict`, every `stream_every`-th one
-    streamed."""
+    streamed. shared_prefix > 0: every prompt starts with the text's first shared_prefix tokens (one long document
+    that every request asks about; its own part comes after them) and the server may cache it (cache_prompt)."""
     import random
 
     rng = random.Random(seed)
     if n <= 0:
         return []
-    if len(text_tokens) < max_prompt + 1:
-        raise ValueError(f"the text has {len(text_tokens)} tokens, fewer than the longest prompt ({max_prompt})")
+    if shared_prefix < 0:
+        raise ValueError(f"shared_prefix must be >= 0, not {shared_prefix}")
+    if len(text_tokens) < shared_prefix + max_prompt + 1:
+        raise ValueError(f"the text has {len(text_tokens)} tokens, fewer than the shared prefix and the longest "
+                         f"prompt ({shared_prefix} + {max_prompt})")
     step = (max_prompt - min_prompt) / max(1, n - 1)
     lengths = [round(min_prompt + i * step) for i in range(n)]
     rng.shuffle(lengths)
+    prefix = tuple(text_tokens[:shared_prefix])
     out = []
     for i, length in enumerate(lengths):
-        start = rng.randrange(0, len(text_tokens) - length)
-        out.append(Request(prompt=tuple(text_tokens[start:start + length]), n_predict=n_predict[i % len(n_predict)],
-                           stream=i % stream_every == 0))
+        start = rng.randrange(shared_prefix, len(text_tokens) - length)
+        out.append(Request(prompt=prefix + tuple(text_tokens[start:start + length]),
+                           n_predict=n_predict[i % len(n_predict)], stream=i % stream_every == 0,
+                           cache_prompt=shared_prefix > 0))
     return out
