@@ -17,6 +17,9 @@ A)
   python3 scripts/gpu_bench.py model --out "$OUT" > "$OUT/model.log" 2>&1 &
   python3 scripts/gpu_bench.py check --out "$OUT" 2>&1 | tail -80
   wait; tail -3 "$OUT/model.log"
+  # the lists' end-to-end effect in the same call, in case no second call comes: tg64 only, one rep
+  python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
+    --score-types q4_0 --max-ubatch 1 --lists-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/a" 2>&1 | tail -20
   ;;
 B)
   python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
