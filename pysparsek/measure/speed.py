@@ -122,7 +122,10 @@ class Batch:
 
     @property
     def label(self) -> str:
-        return f"K={','.join(map(str, self.top_ks))} {'/'.join(self.modes)} {self.shared.details()}".strip()
+        # details() of the shared fields, less its leading mode (unset there: the swept modes say it)
+        rest = self.shared.details().split(" ", 1)[1:]
+        types = [t for t in self.score_types if t != "none"]
+        return " ".join([f"K={','.join(map(str, self.top_ks))}", "/".join(self.modes), *types, *rest])
 
 
 def batches(configs: list[SparsekSettings]) -> list[Batch]:
