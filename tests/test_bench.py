@@ -357,3 +357,5 @@ def test_the_verdict_compares_at_the_deepest_depth_both_were_measured() -> None:
     r = dataclasses.replace(r, speed=dataclasses.replace(r.speed, sparse=[*r.speed.sparse, deep]))
     line = next(x for x in tables.headline(r).splitlines() if "K/V cache?" in x)
     assert "(2.00× vs 0.50× dense at depth 8192)" in line
+    # the deeper depth, where only Sparse-K ran, is named with its own ratio
+    assert "compared at depth 8192, the deepest both were measured at: at depth 16384 Sparse-K decodes at 3.00×" in line

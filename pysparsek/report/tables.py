@@ -125,8 +125,14 @@ def headline(r: BenchResult) -> str:
                 lines.append(f"  {label}: vs a {cache_type} cache: not measured")
                 continue
             at = max(common)
-            lines.append(f"  {label}: " + verdict(r, [s for s in rows if s.label == label and s.depth == at],
-                                                  [s for s in cache if s.depth == at], cache_type))
+            line = f"  {label}: " + verdict(r, [s for s in rows if s.label == label and s.depth == at],
+                                            [s for s in cache if s.depth == at], cache_type)
+            deep_tg = _ratio(group, "tg")
+            if at < depth and deep_tg is not None:
+                # filling a quantized cache to the deepest depth can take many minutes on a CPU (--cache-depths)
+                line += (f"; compared at depth {at}, the deepest both were measured at: at depth {depth} Sparse-K "
+                         f"decodes at {deep_tg.ratio:.2f}× dense, the {cache_type} cache was not measured there")
+            lines.append(line)
     return "\n".join(lines)
 
 
