@@ -28,6 +28,7 @@ def main() -> int:
     from pysparsek.llamacpp import build as builds
     from pysparsek.measure import load, machine, server
     from pysparsek.measure import serve_load as sl
+    from pysparsek.proc import free_port
     from pysparsek.sparsek.recommended import RECOMMENDED
     from pysparsek.sparsek.settings import SparsekSettings
 
@@ -64,7 +65,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # tokenize the text with the server's own tokenizer (a dense server, briefly)
-    port = server.free_port()
+    port = free_port()
     cfg0 = server.ServerConfig(sparsek=SparsekSettings(top_k=0), ctx=args.ctx, parallel=args.parallel,
                                threads=args.threads)
     with server.serving(server.command(binary, model, cfg0, port), out.with_suffix(".tokenize.log"), port) as srv:
