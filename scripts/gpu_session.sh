@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
-# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh A|B|C
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|B|C
 set -u
 W=/tmp/pysparsek-gpu
 OUT=${OUT:-reports/gpu}
@@ -9,6 +9,9 @@ mkdir -p "$W" "$OUT"
 for p in .gl/smol.part0*; do [ -f "$p" ] && cp "$p" "$W/"; done
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 case "$1" in
+H)  # little device time left: only the standalone selection harness (lists checked, timed with and without)
+  python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60
+  ;;
 A)
   python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60
   python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &

@@ -79,10 +79,11 @@ def main() -> int:
         raise SystemExit(f"a slot holds {slot} tokens: the shared prefix ({args.shared_prefix}), the longest prompt "
                          f"({max_prompt}) and n_predict ({max(n_predict)}) do not fit")
     requests = load.workload(tokens, args.requests, max_prompt, n_predict, shared_prefix=args.shared_prefix)
-    # with a shared prefix the warm-up computes it once, so the loaded phase measures decoding at that context
-    # rather than every slot filling the same document at once
-    warmup = load.Request(prompt=tuple(tokens[:max(32, args.shared_prefix)]), n_predict=4, stream=False,
-                          cache_prompt=args.shared_prefix > 0)
+    # with a shared prefix, one warm-up request per slot at once caches it in every slot, so the loaded phase
+    # measures decoding at that context rather than the slots filling the same document (a slot started while
+    # another computes the prefix computes it again)
+    warmup = [load.Request(prompt=tuple(tokens[:max(32, args.shared_prefix)]), n_predict=4, stream=False,
+                           cache_prompt=args.shared_prefix > 0)] * (args.parallel if args.shared_prefix else 1)
     print(f"{len(requests)} requests, prompts {args.shared_prefix} shared + "
           f"{min(len(r.prompt) for r in requests) - args.shared_prefix}..{max_prompt} tokens "
           f"(slot context {slot}), n_predict {n_predict}, {args.clients} clients, -np {args.parallel}", flush=True)

@@ -43,14 +43,15 @@ def slot_ctx(client: httpx.Client) -> int:
 
 
 def measure(name: str, binary: Path, model: Path, config: server.ServerConfig, requests: Sequence[load.Request],
-            clients: int, log: Path, *, alone: bool = True, warmup: load.Request | None = None) -> ConfigResult:
+            clients: int, log: Path, *, alone: bool = True, warmup: Sequence[load.Request] = ()) -> ConfigResult:
+    """`warmup`: requests sent at once before the loaded phase (e.g. one per slot to cache a shared prefix in each)."""
     port = free_port()
     with server.serving(server.command(binary, model, config, port), log, port) as srv, \
             httpx.Client(base_url=srv.url, timeout=60.0) as client:
         sk = server.props(client).get("sparsek", {})
         n_ctx = slot_ctx(client)
-        if warmup is not None:
-            load.run(srv.url, [warmup], 1)
+        if warmup:
+            load.run(srv.url, warmup, len(warmup))
         meter = CpuMeter(srv.proc.pid)
         loaded = load.run(srv.url, requests, clients)
         cpu = meter.stop()
