@@ -8,12 +8,14 @@ mkdir -p "$W" "$OUT"
 # the SmolLM2 GGUF travels in parts (one per call): gather them in the work folder
 for p in .gl/smol.part0*; do [ -f "$p" ] && cp "$p" "$W/"; done
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
+# the standalone selection harness (lists checked against the CPU reference, timed with and without)
+harness() { python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60; }
 case "$1" in
-H)  # little device time left: only the standalone selection harness (lists checked, timed with and without)
-  python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60
+H)  # little device time left: the harness alone
+  harness
   ;;
 A)
-  python3 scripts/gpu_bench.py harness --out "$OUT" 2>&1 | tail -60
+  harness
   python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &
   python3 scripts/gpu_bench.py build --flavors patched --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
   wait

@@ -52,7 +52,7 @@ def main() -> int:
     args = ap.parse_args()
 
     model = Path(args.model) if args.model else models.default_model()
-    binary = builds.require("patched").tool("llama-server")
+    binary = builds.require("patched", tools=("llama-server",)).tool("llama-server")
     sparse = RECOMMENDED.replace(top_k=args.topk, score_type="q4_0")
     configs = {
         "dense": SparsekSettings(top_k=0),

@@ -33,9 +33,14 @@ CUDA_ONLY = ["test-backend-ops"]
 NO_AMX_CMAKE = Path(__file__).resolve().parent.parent / "cmake" / "ggml_no_amx.cmake"
 
 
+def wanted(flavor: str, backend: str = "cpu", tools: tuple[str, ...] | None = None) -> list[str]:
+    """The tools a caller names, or every binary of the flavor (None)."""
+    return binaries(flavor, backend) if tools is None else list(tools)
+
+
 def targets(flavor: str, backend: str = "cpu", tools: tuple[str, ...] | None = None) -> list[str]:
     """libllama and `tools` (None: every binary of the flavor)."""
-    return ["llama", *(binaries(flavor, backend) if tools is None else tools)]
+    return ["llama", *wanted(flavor, backend, tools)]
 
 
 def binaries(flavor: str, backend: str = "cpu") -> list[str]:
@@ -68,8 +73,8 @@ class Build:
 
     def exists(self, tools: tuple[str, ...] | None = None) -> bool:
         """libllama and `tools` are built (None: every binary of the flavor)."""
-        names = binaries(self.flavor, self.backend) if tools is None else tools
-        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file() for b in names)
+        return (self.lib_dir / "libllama.so").is_file() and all(self.tool(b).is_file()
+                                                                  for b in wanted(self.flavor, self.backend, tools))
 
 
 def get(flavor: str, backend: str = "cpu") -> Build:
@@ -175,7 +180,7 @@ def build(flavor: str, backend: str = "cpu", log=print, extra_targets: tuple[str
         f"compiler output in {log_path}")
     run_logged(["cmake", "--build", str(target.dir), "--config", "Release", "-j", str(jobs()),
                 "--target", *names], env=env, log_path=log_path, label=f"{flavor}/{backend}")
-    missing = [b for b in (binaries(flavor, backend) if tools is None else tools) if not target.tool(b).is_file()]
+    missing = [b for b in wanted(flavor, backend, tools) if not target.tool(b).is_file()]
     if missing:
         raise BuildError(f"build finished but {', '.join(missing)} missing in {target.bin_dir}")
     return target
