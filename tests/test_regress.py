@@ -124,7 +124,7 @@ def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_
         return _ppl(20.0 if not s.sparsek.top_k or s.sparsek.top_k >= s.ctx else 21.0, kl=0.01, top1=95.0)
 
     monkeypatch.setattr(perplexity, "measure", fake_measure)
-    monkeypatch.setattr(builds, "require", lambda flavor, backend="cpu": builds.get(flavor, backend))
+    monkeypatch.setattr(builds, "require", lambda flavor, backend="cpu", tools=None: builds.get(flavor, backend))
     values, _ = regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", 2, False, lambda _: None,
                                 ("perplexity", "modes"))
     stock = [r for r in runs if r[0] == "stock"]
