@@ -181,16 +181,22 @@ def quantized_scores(q: np.ndarray, k: np.ndarray, score_type: str) -> np.ndarra
     return np.einsum("qhd,khd->hqk", qq.astype(np.float64), kq)
 
 
-def sparq_scores(q: np.ndarray, k: np.ndarray, r: int) -> np.ndarray:
+def sparq_scores(q: np.ndarray, k: np.ndarray, r: int, per_kv_head: bool = False) -> np.ndarray:
     """SparQ's selection scores [head, query, key] (Ribar et al., arXiv 2312.04985), written from the paper: for
     each query head, the r components i_r with the largest |q|; the score is q[i_r].k[i_r], times
     sqrt(|q|_1 / |q[i_r]|_1) (the paper's softmax temperature sqrt(d |q[i_r]|_1 / |q|_1) in place of sqrt(d); the
     caller divides by sqrt(d)). A positive factor per head and query: it changes no head's own ranking, only how
-    heads pool by probability. k [key, kv head, d] as the copy holds it (F16)."""
-    _, n_head, d = q.shape
+    heads pool by probability. k [key, kv head, d] as the copy holds it (F16). `per_kv_head` (the rule of the modes
+    whose query heads of a KV head select together, group and token): those heads share r components, the ones
+    with the largest sum of |q| over them (the r channel rows are then read once per KV head)."""
+    n_q, n_head, d = q.shape
     group = n_head // k.shape[1]
     r = min(r, d)
-    comp = np.argsort(-np.abs(q), axis=-1, kind="stable")[..., :r]            # [query, head, r]
+    if per_kv_head:
+        pooled = np.abs(q).reshape(n_q, k.shape[1], group, d).sum(axis=2)         # [query, kv head, d]
+        comp = np.repeat(np.argsort(-pooled, axis=-1, kind="stable")[..., :r], group, axis=1)
+    else:
+        comp = np.argsort(-np.abs(q), axis=-1, kind="stable")[..., :r]        # [query, head, r]
     chosen = np.zeros(q.shape, dtype=bool)
     np.put_along_axis(chosen, comp, True, axis=-1)
     q_r = np.where(chosen, q, 0.0)                                          # q on i_r, 0 elsewhere
@@ -202,12 +208,13 @@ def sparq_scores(q: np.ndarray, k: np.ndarray, r: int) -> np.ndarray:
 
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
            selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none", sparq_r: int = 0,
-           sparse_from: int = 0, mean_v: bool = False, blocks: dict | None = None,
+           sparq_per_kv_head: bool | None = None, sparse_from: int = 0, mean_v: bool = False, blocks: dict | None = None,
            kept: list[float] | None = None) -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
     to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
     quantized keys (quantized_scores) while attention uses the F16 keys; `sparq_r` > 0 makes it score with SparQ
-    (sparq_scores) from the F16 keys. `sparse_from`: rows before it attend densely (the decode regime: a dense
+    (sparq_scores) from the F16 keys, its components shared by a KV head's query heads except in mode head
+    (`sparq_per_kv_head` overrides that). `sparse_from`: rows before it attend densely (the decode regime: a dense
     prompt, then tokens decoded sparsely; causal attention makes one forward pass equal to decoding them one by
     one). `mean_v`: SparQ's mean-value reallocation, out = a attn(kept) + (1 - a) mean(V over allowed cells), a =
     the softmax mass of the kept cells under the selection's own scores. `blocks`: block_keep's arguments (block,
@@ -234,7 +241,8 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         k = k.astype(np.float16).astype(np.float64)
         v = v.astype(np.float16).astype(np.float64)
         if sparq_r > 0:
-            selection = sparq_scores(q, k, sparq_r) / np.sqrt(d)
+            per_kv_head = mode != "head" if sparq_per_kv_head is None else sparq_per_kv_head
+            selection = sparq_scores(q, k, sparq_r, per_kv_head) / np.sqrt(d)
         block_cells = None if blocks is None else block_keep(q, k, group=group, **blocks)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
