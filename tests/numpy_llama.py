@@ -208,8 +208,8 @@ def sparq_scores(q: np.ndarray, k: np.ndarray, r: int, per_kv_head: bool = False
 
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
            selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none", sparq_r: int = 0,
-           sparq_per_kv_head: bool | None = None, sparse_from: int = 0, mean_v: bool = False, blocks: dict | None = None,
-           kept: list[float] | None = None) -> np.ndarray:
+           sparq_per_kv_head: bool | None = None, sparse_from: int = 0, mean_v: bool = False,
+           blocks: dict | None = None, kept: list[float] | None = None) -> np.ndarray:
     """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
     to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
     quantized keys (quantized_scores) while attention uses the F16 keys; `sparq_r` > 0 makes it score with SparQ
