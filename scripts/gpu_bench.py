@@ -104,7 +104,9 @@ def step_build(a: argparse.Namespace) -> None:
 CHECK_CASES = [("SPARSEK_MASK", None), ("FLASH_ATTN_EXT", r"n_kv_max=[1-9]"),
                ("MUL_MAT", r"type_a=q[48]_0,type_b=f32,m=(67|129|1000),"),
                # the selection feeding sparse flash attention (the gather lists the selection writes, patch 0030)
-               ("SPARSEK_FLASH_ATTN", None)]
+               ("SPARSEK_FLASH_ATTN", None),
+               # SparQ's score pass over the chosen rows of the component-major copy (patch 0033)
+               ("SPARQ_SCORE", None)]
 
 
 def step_check(a: argparse.Namespace) -> None:
@@ -216,7 +218,7 @@ def gather_lines(exe: Path, model: Path, depth: int, extra: list[str]) -> list[s
 
 PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(32768|131072),n=[14],k=128,"),
                  ("FLASH_ATTN_EXT", r"hsk=128,hsv=128,nh=[18],nr23=\[4,[18]\],kv=(32768|131072),nb=1,"),
-                 ("SPARSEK_FLASH_ATTN", None)]
+                 ("SPARSEK_FLASH_ATTN", None), ("SPARQ_SCORE", None)]
 # the selection's gather lists (patch 0030) are opt-in until checked on a GPU: the profile and bench runs set them on,
 # and off again for the A/B (flash attention compacts the mask, as before the patch)
 LISTS_ON = {"GGML_CUDA_SPARSEK_LIST": "1"}
