@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--modes", default="head,group")
     ap.add_argument("--score-types", default="none,q4_0")
     ap.add_argument("--sparq-r", default="", help="also SparQ scoring with these component counts (e.g. 8,16)")
+    ap.add_argument("--sparq-shared", default="0", help="SparQ's component rules: 0 each query head's own, 1 shared "
+                    "by a KV head's query heads (e.g. 0,1)")
     ap.add_argument("--cache-types", default="q8_0,q4_0", help="dense runs with these K/V cache types")
     ap.add_argument("--model")
     ap.add_argument("--text")
@@ -41,8 +43,9 @@ def main() -> int:
     text = Path(args.text) if args.text else corpus.default_text()
     settings = [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, score_type=st)) for mode in args.modes.split(",")
                 for k in args.topk.split(",") for st in args.score_types.split(",")]
-    settings += [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, sparq_r=int(r))) for mode in args.modes.split(",")
-                 for k in args.topk.split(",") for r in args.sparq_r.split(",") if r]
+    settings += [dr.Setting(SparsekSettings(top_k=int(k), mode=mode, sparq_r=int(r), sparq_shared=int(sh)))
+                 for mode in args.modes.split(",") for k in args.topk.split(",") for r in args.sparq_r.split(",") if r
+                 for sh in args.sparq_shared.split(",") if sh and (sh == "0" or mode != "head")]
     settings += [dr.Setting(cache_type=ct) for ct in args.cache_types.split(",") if ct]
     t0 = time.time()
     results = dr.measure(model, text, settings, prompt=args.prompt, decode=args.decode, chunks=args.chunks,

@@ -47,6 +47,8 @@ def main() -> int:
                 f"K={args.topk} {args.mode}, q4_0 copy": base.replace(score_type="q4_0")}
     for r in [int(r) for r in args.sparq_r.split(",") if r]:
         settings[f"K={args.topk} {args.mode}, sparq r={r}"] = base.replace(sparq_r=r)
+        if args.mode != "head":
+            settings[f"K={args.topk} {args.mode}, sparq r={r} shared"] = base.replace(sparq_r=r, sparq_shared=1)
     m = llm.load(model, SparsekSettings.off(), exact=True, n_ctx=args.depth + args.tokens + 16, n_batch=512,
                  n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True)
     samples: dict[str, list[float]] = {name: [] for name in settings}

@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--topk", default="128,256")
     ap.add_argument("--r", default="8,16")
     ap.add_argument("--mode", default="group", choices=("head", "group", "token"))
-    ap.add_argument("--per-query-head", action="store_true",
-                    help="also SparQ with each query head's own r components (the rule of mode head) in group/token")
+    ap.add_argument("--shared", action="store_true",
+                    help="also SparQ with sparq_shared: a KV head's query heads share r components (group/token)")
     ap.add_argument("--no-mean-v", action="store_true", help="leave out the mean-value reallocation settings")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -69,8 +69,8 @@ def main() -> None:
             settings.append({"top_k": k, "mode": args.mode, "mean_v": True})
         for r in rs:
             settings.append({"top_k": k, "mode": args.mode, "sparq_r": r})
-            if args.per_query_head:
-                settings.append({"top_k": k, "mode": args.mode, "sparq_r": r, "sparq_per_kv_head": False})
+            if args.shared:
+                settings.append({"top_k": k, "mode": args.mode, "sparq_r": r, "sparq_shared": 1})
             if not args.no_mean_v:
                 settings.append({"top_k": k, "mode": args.mode, "sparq_r": r, "mean_v": True})
     kl: dict[int, list[np.ndarray]] = {i: [] for i in range(len(settings))}
@@ -106,7 +106,7 @@ def main() -> None:
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows_out:
         scores = f"sparq r={r['sparq_r']}" if r.get("sparq_r") else "exact"
-        scores += " per query head" if r.get("sparq_per_kv_head") is False else ""
+        scores += " shared by a KV head" if r.get("sparq_shared") else ""
         lines.append(f"| {r['top_k']} | {r['mode']} | {scores} | {'yes' if r.get('mean_v') else 'no'} | "
                      f"{r['kl_mean']:.4f} ± {r['kl_stderr']:.4f} | {r['top1_agreement_pct']:.1f} |")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -208,18 +208,18 @@ def sparq_scores(q: np.ndarray, k: np.ndarray, r: int, per_kv_head: bool = False
 
 def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head", lowest: bool = False,
            selection_noise: float = 0.0, raw_max: bool = False, score_type: str = "none", sparq_r: int = 0,
-           sparq_per_kv_head: bool | None = None, sparse_from: int = 0, mean_v: bool = False,
+           sparq_shared: int = 0, sparse_from: int = 0, mean_v: bool = False,
            blocks: dict | None = None, kept: list[float] | None = None) -> np.ndarray:
-    """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed),
-    to measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
+    """Logits for every position; `selection_noise` perturbs only the scores the selection sees (fixed seed), to
+    measure how sensitive the result is to near-ties; `score_type` q8_0/q4_0 makes the selection score from
     quantized keys (quantized_scores) while attention uses the F16 keys; `sparq_r` > 0 makes it score with SparQ
-    (sparq_scores) from the F16 keys, its components shared by a KV head's query heads except in mode head
-    (`sparq_per_kv_head` overrides that). `sparse_from`: rows before it attend densely (the decode regime: a dense
-    prompt, then tokens decoded sparsely; causal attention makes one forward pass equal to decoding them one by
-    one). `mean_v`: SparQ's mean-value reallocation, out = a attn(kept) + (1 - a) mean(V over allowed cells), a =
-    the softmax mass of the kept cells under the selection's own scores. `blocks`: block_keep's arguments (block,
-    gamma, sinks, local, estimate) for block-sparse prompts; `kept`, if given, gets each layer's share of the
-    causal cells kept."""
+    (sparq_scores) from the F16 keys, each query head's own components, or with `sparq_shared` those shared by a KV
+    head's query heads (not in mode head, where each head selects alone). `sparse_from`: rows before it attend
+    densely (the decode regime: a dense prompt, then tokens decoded sparsely; causal attention makes one forward
+    pass equal to decoding them one by one). `mean_v`: SparQ's mean-value reallocation, out = a attn(kept) + (1 - a)
+    mean(V over allowed cells), a = the softmax mass of the kept cells under the selection's own scores. `blocks`:
+    block_keep's arguments (block, gamma, sinks, local, estimate) for block-sparse prompts; `kept`, if given, gets
+    each layer's share of the causal cells kept."""
     rng = np.random.default_rng(0)
     t = w.tensors
     n_tok = len(tokens)
@@ -241,8 +241,7 @@ def logits(w: LlamaWeights, tokens: list[int], top_k: int = 0, mode: str = "head
         k = k.astype(np.float16).astype(np.float64)
         v = v.astype(np.float16).astype(np.float64)
         if sparq_r > 0:
-            per_kv_head = mode != "head" if sparq_per_kv_head is None else sparq_per_kv_head
-            selection = sparq_scores(q, k, sparq_r, per_kv_head) / np.sqrt(d)
+            selection = sparq_scores(q, k, sparq_r, per_kv_head=bool(sparq_shared) and mode != "head") / np.sqrt(d)
         block_cells = None if blocks is None else block_keep(q, k, group=group, **blocks)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)

@@ -135,7 +135,8 @@ def test_bench_quality_runs_get_the_same_setting() -> None:
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--sparsek-")}
     assert flags == {"--sparsek-topk": "16", "--sparsek-window": "0", "--sparsek-stride": "16",
                      "--sparsek-sinks": "4", "--sparsek-mode": "head", "--sparsek-score-type": "none",
-                     "--sparsek-max-ubatch": "0", "--sparsek-sparq-r": "0"}
+                     "--sparsek-max-ubatch": "0", "--sparsek-sparq-r": "0",
+                     "--sparsek-sparq-shared": "0"}
 
 
 def test_dense_and_every_mode_share_one_llama_bench_run_per_round() -> None:
@@ -161,8 +162,8 @@ def test_llama_bench_records_map_back_to_settings() -> None:
 
     rec = {"sparsek_topk": 64, "sparsek_mode": "group", "sparsek_window": 0, "sparsek_stride": 16,
            "sparsek_sinks": 4, "sparsek_score_type": "q4_0", "sparsek_max_ubatch": 1}
-    assert record_config(rec) == SparsekSettings(top_k=64, mode="group", window=0, stride=16, sinks=4,
-                                                 score_type="q4_0", max_ubatch=1, sparq_r=0)
+    assert record_config(rec) == SparsekSettings.off().replace(top_k=64, mode="group", stride=16, sinks=4,
+                                                               score_type="q4_0", max_ubatch=1)
     # dense that writes a score copy is not dense; the other fields do not change what dense runs
     assert record_config({**rec, "sparsek_topk": 0}) != DENSE
     assert record_config({**rec, "sparsek_topk": 0, "sparsek_score_type": "none"}) == DENSE
@@ -192,7 +193,7 @@ def test_one_llama_bench_process_gets_every_field_explicitly(monkeypatch: pytest
     cmd = seen[0]
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-sk")}
     assert flags == {"-sk": "0,64", "-skw": "64", "-sks": "16", "-skn": "4", "-skm": "group", "-skst": "none",
-                     "-skmu": "0", "-sksr": "0"}
+                     "-skmu": "0", "-sksr": "0", "-sksq": "0"}
 
 
 def test_results_round_trip_through_json(tmp_path: Path) -> None:

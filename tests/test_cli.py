@@ -65,8 +65,8 @@ def test_bench_defaults_follow_llama_cpp_names() -> None:
                                                                                     128)
     assert o.depths == [0, 2048, 8192]
     # every field set: the recommended deployment (group, window 64, sinks 4, q4_0 copy, decode-only policy)
-    assert o.sparsek == SparsekSettings(window=64, stride=0, sinks=4, mode="group", score_type="q4_0", max_ubatch=1,
-                                        sparq_r=0)
+    assert o.sparsek == SparsekSettings.off().replace(top_k=None, window=64, sinks=4, mode="group", score_type="q4_0",
+                                                      max_ubatch=1)
     assert o.at(64).top_k == 64
     assert o.regime == "decode"  # prompts run dense under the policy, so quality is the decode regime's
     assert o.cache_types == ["q8_0", "q4_0"]
@@ -109,8 +109,8 @@ def test_bench_sparsek_options_make_one_setting() -> None:
     args = cli.build_parser().parse_args(["bench", "--topk", "16,64", "--sinks", "4", "--stride", "16", "--mode",
                                           "group", "--window", "64", "--score-type", "q4_0", "--max-ubatch", "1"])
     o = cli.bench_options(args, Path("m.gguf"), Path("t.txt"))
-    assert o.at(64) == SparsekSettings(top_k=64, window=64, stride=16, sinks=4, mode="group", score_type="q4_0",
-                                       max_ubatch=1, sparq_r=0)
+    assert o.at(64) == SparsekSettings.off().replace(top_k=64, window=64, stride=16, sinks=4, mode="group",
+                                                     score_type="q4_0", max_ubatch=1)
 
 
 @pytest.mark.parametrize(("argv", "needle"), [

@@ -113,14 +113,16 @@ def test_the_check_tells_quantized_scoring_from_exact_scoring(weights: numpy_lla
     assert not build_q4.ok, build_q4.report
 
 
-@pytest.mark.parametrize(("mode", "sparq_r"), [("group", 8), ("group", 16), ("head", 8)])
+@pytest.mark.parametrize(("mode", "sparq_r", "sparq_shared"),
+                         [("group", 8, 0), ("group", 16, 0), ("group", 8, 1), ("token", 8, 1), ("head", 8, 0)])
 def test_sparq_matches_the_reference(weights: numpy_llama.LlamaWeights, model: Path, tokens: list[int],
-                                     dense: Dense, mode: str, sparq_r: int) -> None:
-    """SparQ selection (head: each query head's r largest |q| components; group: the r largest sums of |q| over a
-    KV head's query heads; temperature-corrected pooling) equals the NumPy rule."""
-    rule = {"top_k": 16, "mode": mode, "sparq_r": sparq_r}
+                                     dense: Dense, mode: str, sparq_r: int, sparq_shared: int) -> None:
+    """SparQ selection (each query head's r largest |q| components, or with sparq_shared in group/token the r
+    largest sums of |q| over a KV head's query heads; temperature-corrected pooling) equals the NumPy rule."""
+    rule = {"top_k": 16, "mode": mode, "sparq_r": sparq_r, "sparq_shared": sparq_shared}
     v = reference_check.check(functools.partial(numpy_llama.logits, weights), rule, model, tokens, dense,
-                              SparsekSettings(top_k=16, mode=mode, sparq_r=sparq_r), min_agree=0.75)
+                              SparsekSettings(top_k=16, mode=mode, sparq_r=sparq_r, sparq_shared=sparq_shared),
+                              min_agree=0.75)
     print("\n" + v.report)
     assert v.ok, v.report
 
@@ -135,13 +137,16 @@ def test_the_check_tells_sparq_from_exact_scoring(weights: numpy_llama.LlamaWeig
     assert not build.ok, build.report
 
 
+@pytest.mark.parametrize("sparq_shared", [0, 1])
 def test_the_check_tells_shared_components_from_each_head_s_own(weights: numpy_llama.LlamaWeights, model: Path,
-                                                                 tokens: list[int], dense: Dense) -> None:
-    """The group SparQ r=8 build (components shared by a KV head's query heads) measured against the rule in which
-    every query head takes its own components must fail the check the shared rule passes."""
+                                                                 tokens: list[int], dense: Dense,
+                                                                 sparq_shared: int) -> None:
+    """The group SparQ r=8 build with one component rule (each query head's own, or shared by a KV head's query
+    heads) measured against the other rule must fail the check its own rule passes."""
     ref = functools.partial(numpy_llama.logits, weights)
-    build = reference_check.check(ref, {"top_k": 16, "mode": "group", "sparq_r": 8, "sparq_per_kv_head": False},
-                                  model, tokens, dense, SparsekSettings(top_k=16, mode="group", sparq_r=8),
+    rule = {"top_k": 16, "mode": "group", "sparq_r": 8, "sparq_shared": 1 - sparq_shared}
+    build = reference_check.check(ref, rule, model, tokens, dense,
+                                  SparsekSettings(top_k=16, mode="group", sparq_r=8, sparq_shared=sparq_shared),
                                   min_agree=0.75)
     print("\n" + build.report)
     assert not build.ok, build.report

@@ -43,6 +43,7 @@ class Field:
     # success when c_status, else void), llama_get_sparsek_<c_api>(ctx), llama_model_sparsek_<c_api>(model)
     c_api: str = ""
     c_status: bool = False
+    maximum: int | None = None     # the largest value an integer setting takes (None: unbounded)
 
     @property
     def is_int(self) -> bool:
@@ -57,6 +58,8 @@ class Field:
         if self.is_int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SettingsError(f"Sparse-K {self.name} must be an integer >= 0, got {value!r}")
+            if self.maximum is not None and value > self.maximum:
+                raise SettingsError(f"Sparse-K {self.name} must be at most {self.maximum}, got {value}")
         elif value not in self.choices:
             raise SettingsError(f"unknown Sparse-K {self.name} {value!r}; choose one of {', '.join(self.choices)}")
 
@@ -72,6 +75,8 @@ class Field:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {self.maximum}, got {value}")
         return value
 
 
@@ -90,6 +95,10 @@ FIELDS: tuple[Field, ...] = (
     Field("sparq_r", 0, "--sparsek-sparq-r", "-sksr", "--sparq-r", "SparQ scores: choose the kept cells from the N "
           "largest |q| components of each query head and a channel-major copy of K (replaces the score type's copy; "
           "reads N of the head size's channels of K); 0 = off", "sparq r=", c_api="sparq_r", c_status=True),
+    Field("sparq_shared", 0, "--sparsek-sparq-shared", "-sksq", "--sparq-shared", "SparQ in group and token mode: "
+          "1 = the query heads of a KV head share the components where the sum of their |q| is largest (reads fewer "
+          "channels of K, chooses worse); 0 = each query head its own", "shared=", c_api="sparq_shared",
+          c_status=True, maximum=1),
 )
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
@@ -105,6 +114,7 @@ class SparsekSettings:
     score_type: str | None = None
     max_ubatch: int | None = None
     sparq_r: int | None = None
+    sparq_shared: int | None = None
 
     def __post_init__(self) -> None:
         for f in FIELDS:
