@@ -8,6 +8,7 @@ a minute on 2 cores); `scripts/fuzz_metadata.py` runs 500 and more and writes re
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def test_the_sample_covers_both_outcomes_and_every_head_size() -> None:
     (_case(("score_type", T.STRING, "q4_0"), head_dim=48), "score_type"),
     (_case(("score_type", T.STRING, "f16"), head_dim=48), None),
     (_case(("topk", T.STRING, "anything")), None),     # not a Sparse-K key: ignored
+    (_case(("sparq_shared", T.UINT32, 1)), None),
+    (_case(("sparq_shared", T.UINT32, 2)), "sparq_shared"),  # a Field's maximum is the loader's bound
 ])
 def test_the_rule(case: Case, refused_by: str | None) -> None:
     exp = metafuzz.expect(case)
@@ -72,6 +75,7 @@ def test_the_rule(case: Case, refused_by: str | None) -> None:
 @pytest.mark.parametrize(("entries", "head_dim", "message"), [
     ([("top_k", T.INT32, 8)], 32, "top_k has type INT32; Sparse-K stores it as UINT32"),
     ([("window", T.UINT32, 2**31)], 32, "window = 2147483648 is out of range"),
+    ([("sparq_shared", T.UINT32, 2)], 32, "sparq_shared = 2 is out of range (at most 1)"),
     ([("mode", T.STRING, b"\xff\xfe")], 32, "mode is not valid UTF-8"),
     ([("mode", T.STRING, "group\x00")], 32, "mode contains a NUL byte"),
     ([("score_type", T.ARRAY, ("q4_0",))], 32, "score_type has type ARRAY"),
@@ -82,7 +86,7 @@ def test_meta_read_refuses_what_llama_cpp_refuses(tmp_path: Path, entries: list,
     case = Case(-1, head_dim, tuple(Entry(PREFIX + n, t, v, T.STRING if t == T.ARRAY else None)
                                     for n, t, v in entries))
     path = metafuzz.write(case, tmp_path / "bad.gguf")
-    with pytest.raises(meta.MetaError, match=message.replace("(", r"\(")):
+    with pytest.raises(meta.MetaError, match=re.escape(message)):
         meta.read(path)
 
 

@@ -414,6 +414,19 @@ def test_sparq_api_and_size(model: Path, open_llm: Callable[..., Any]) -> None:
     assert llm.score_size(m) == n_layer * N_CTX * (n_embd // n_head * n_head_kv) // block * type_size
 
 
+def test_sparq_shared_api_metadata_and_refusals(model: Path, tmp_path: Path, open_llm: Callable[..., Any]) -> None:
+    """sparq_shared round-trips through the C API and GGUF; the library refuses other values than 0 and 1 (the
+    setter returns -1 and keeps the old value, the loader names the key)."""
+    want = SparsekSettings(top_k=16, mode="group", sparq_r=8, sparq_shared=1)
+    out = meta.write(model, tmp_path / "m.gguf", want)
+    m = open_llm(out, n_ctx=N_CTX, n_threads=2)
+    assert llm.model_sparsek(m).sparq_shared == llm.get_sparsek(m).sparq_shared == 1
+    assert llm.api().llama_set_sparsek_sparq_shared(m.ctx, 2) == -1
+    assert llm.get_sparsek(m).sparq_shared == 1
+    llm.set_sparsek(m, SparsekSettings(sparq_shared=0))
+    assert llm.get_sparsek(m).sparq_shared == 0
+
+
 def test_metadata_sparq_r(model: Path, tmp_path: Path, open_llm: Callable[..., Any]) -> None:
     want = SparsekSettings(top_k=16, mode="group", sparq_r=16, max_ubatch=1)
     out = meta.write(model, tmp_path / "m.gguf", want)

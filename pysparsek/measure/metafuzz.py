@@ -1,19 +1,19 @@
 """Fuzzing the Sparse-K GGUF keys: seeded cases of mutated metadata, what loading them must do, and the check.
 
-A `Case` is a tiny random-weight model (`pysparsek.data.tiny_model`, head size 32, 48 or 16) plus, half the time,
-a working Sparse-K setting (small K), and 1-4 mutated keys under `<arch>.attention.sparsek.` (or near it: another
-architecture, an unknown or misspelled name) with any GGUF value type and edge values (0, 1, block-sized,
-INT32_MAX, UINT32_MAX, 2^64-1, negative, NaN, unknown strings, strings with a NUL or invalid UTF-8, arrays).
-`expect` states, independently of the loader, what the documented rule says
-(README "Settings"): the int keys are uint32 (top_k, window, stride and sinks at most INT32_MAX), mode and
-score_type are exactly one of their names, a quantized score type needs a head size that is a multiple of 32;
-anything else under the prefix is not a Sparse-K key and is ignored. Then a model either loads with exactly those
-settings or is refused with a message. One known exception: llama.cpp reads every GGUF string only up to its first
-NUL byte (gguf_get_val_str returns a C string; stock does this for all keys), so "group\0x" loads as "group";
-pysparsek's reader refuses such a string (`Expected.strict_refused_by`).
+A `Case` is a tiny random-weight model (`pysparsek.data.tiny_model`, head size 32, 48 or 16) plus, half the time, a
+working Sparse-K setting (small K), and 1-4 mutated keys under `<arch>.attention.sparsek.` (or near it: another
+architecture, an unknown or misspelled name) with any GGUF value type and edge values (0, 1, block-sized, INT32_MAX,
+UINT32_MAX, 2^64-1, negative, NaN, unknown strings, strings with a NUL or invalid UTF-8, arrays). `expect` states,
+independently of the loader, what the documented rule says (README "Settings"): the int keys are uint32 at most
+their Field's maximum (INT32_MAX; max_ubatch UINT32_MAX; sparq_shared 1), mode and score_type are exactly one of
+their names, a quantized score type needs a head size that is a multiple of 32; anything else under the prefix is
+not a Sparse-K key and is ignored. Then a model either loads with exactly those settings or is refused with a
+message. One known exception: llama.cpp reads every GGUF string only up to its first NUL byte (gguf_get_val_str
+returns a C string; stock does this for all keys), so "group\0x" loads as "group"; pysparsek's reader refuses such a
+string (`Expected.strict_refused_by`).
 
-`probe` loads one file in a child process (`python -m pysparsek.sparsek.load_probe`), so an abort, a crash or a
-hang is recorded rather than taking the caller down; `check` compares its outcome, and `meta.read`'s, with the
+`probe` loads one file in a child process (`python -m pysparsek.sparsek.load_probe`), so an abort, a crash or a hang
+is recorded rather than taking the caller down; `check` compares its outcome, and `meta.read`'s, with the
 expectation.
 """
 
@@ -155,7 +155,7 @@ def expect(case: Case) -> Expected:
         if f is None:
             continue  # not a Sparse-K key: ignored
         if f.is_int:
-            if e.vtype != T.UINT32 or (f.name != "max_ubatch" and e.value > INT32_MAX):
+            if e.vtype != T.UINT32 or e.value > f.maximum:
                 return Expected(e.key)
             given[f.name] = int(e.value)
         else:

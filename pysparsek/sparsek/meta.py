@@ -1,12 +1,12 @@
 """Read and write the Sparse-K keys of a GGUF file (%s.attention.sparsek.*) with the gguf package.
 
-Reading checks what llama.cpp's loader checks, with a message naming the key: the integer keys are uint32 (top_k,
-window, stride and sinks at most INT32_MAX), mode and score_type are strings naming one of their values, and a
-quantized score type needs a head size that is a multiple of its block (32). Other keys under the prefix are not
-Sparse-K keys; `unknown_keys` lists them (llm.load warns about them).
+Reading checks what llama.cpp's loader checks, with a message naming the key: the integer keys are uint32 at most
+their Field's maximum (INT32_MAX; max_ubatch UINT32_MAX; sparq_shared 1), mode and score_type are strings naming one
+of their values, and a quantized score type needs a head size that is a multiple of its block (32). Other keys under
+the prefix are not Sparse-K keys; `unknown_keys` lists them (llm.load warns about them).
 
-Writing copies the model with new metadata into another file (through a temporary file and a rename), so the
-input is never modified and a failed write leaves no half-written output.
+Writing copies the model with new metadata into another file (through a temporary file and a rename), so the input
+is never modified and a failed write leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _value(path: Path, key: str, f: Field, field: gguf.ReaderField) -> int | str
         raise MetaError(f"{path}: {key} has type {got}; Sparse-K stores it as {want.name}")
     if f.is_int:
         value = int(field.parts[field.data[0]][0])
-        if f.name != "max_ubatch" and value > INT32_MAX:
-            raise MetaError(f"{path}: {key} = {value} is out of range (at most {INT32_MAX})")
+        if value > f.maximum:
+            raise MetaError(f"{path}: {key} = {value} is out of range (at most {f.maximum})")
         return value
     raw = bytes(field.parts[field.data[0]])
     head = raw.split(b"\0", 1)[0]

@@ -22,6 +22,8 @@ from pysparsek.errors import UserError
 
 MODES = ("head", "group", "token")             # llama_sparsek_mode: 0, 1, 2 (ggml_sparsek_mode's values)
 SCORE_TYPES = ("none", "f16", "q8_0", "q4_0")  # none: score from K itself (GGML_TYPE_COUNT in the C API)
+INT32_MAX = 2**31 - 1   # the patched loader's bound on an integer setting unless the Field says otherwise
+UINT32_MAX = 2**32 - 1
 
 
 class SettingsError(UserError, ValueError):
@@ -43,7 +45,7 @@ class Field:
     # success when c_status, else void), llama_get_sparsek_<c_api>(ctx), llama_model_sparsek_<c_api>(model)
     c_api: str = ""
     c_status: bool = False
-    maximum: int | None = None     # the largest value an integer setting takes (None: unbounded)
+    maximum: int = INT32_MAX       # the largest value of an integer setting that llama.cpp takes
 
     @property
     def is_int(self) -> bool:
@@ -58,7 +60,7 @@ class Field:
         if self.is_int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SettingsError(f"Sparse-K {self.name} must be an integer >= 0, got {value!r}")
-            if self.maximum is not None and value > self.maximum:
+            if value > self.maximum:
                 raise SettingsError(f"Sparse-K {self.name} must be at most {self.maximum}, got {value}")
         elif value not in self.choices:
             raise SettingsError(f"unknown Sparse-K {self.name} {value!r}; choose one of {', '.join(self.choices)}")
@@ -75,7 +77,7 @@ class Field:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-        if self.maximum is not None and value > self.maximum:
+        if value > self.maximum:
             raise argparse.ArgumentTypeError(f"must be at most {self.maximum}, got {value}")
         return value
 
@@ -91,7 +93,8 @@ FIELDS: tuple[Field, ...] = (
           "of K in this type that the KV cache keeps (q4_0 reads ~28%% of an f16 K's bytes); none = from K itself",
           choices=SCORE_TYPES),
     Field("max_ubatch", 0, "--sparsek-max-ubatch", "-skmu", "--max-ubatch", "apply Sparse-K only to ubatches of at "
-          "most N tokens (1 = decoding only: prompts attend densely); 0 = every ubatch", "ub<=", c_api="max_ubatch"),
+          "most N tokens (1 = decoding only: prompts attend densely); 0 = every ubatch", "ub<=", c_api="max_ubatch",
+          maximum=UINT32_MAX),
     Field("sparq_r", 0, "--sparsek-sparq-r", "-sksr", "--sparq-r", "SparQ scores: choose the kept cells from the N "
           "largest |q| components of each query head and a channel-major copy of K (replaces the score type's copy; "
           "reads N of the head size's channels of K); 0 = off", "sparq r=", c_api="sparq_r", c_status=True),
