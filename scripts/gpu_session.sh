@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
-# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|B|C
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|B|C
 set -u
 W=/tmp/pysparsek-gpu
 OUT=${OUT:-reports/gpu}
@@ -14,8 +14,8 @@ case "$1" in
 H)  # little device time left: the harness alone
   harness
   ;;
-A)
-  harness
+A|L)  # L: little device time left, the harness already run: build, check, lists A/B
+  [ "$1" = A ] && harness
   python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &
   python3 scripts/gpu_bench.py build --flavors patched --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
   wait

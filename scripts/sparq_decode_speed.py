@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Decode speed at one depth in one context: dense vs Sparse-K from the q4_0 copy of K vs SparQ (issue #21).
+"""Decode speed at one depth in one context: dense vs Sparse-K from K, its q8_0/q4_0 copies and SparQ (#21).
 
 llama-bench fills the depth again for every setting and repetition, which on a shared 2-core machine takes many
 minutes each. Here one context (the patched library, flash attention) is filled once, densely, to `--depth` tokens;
@@ -44,6 +44,7 @@ def main() -> int:
     base = SparsekSettings(top_k=args.topk, mode=args.mode, max_ubatch=1)
     settings = {"dense": SparsekSettings.off(),
                 f"K={args.topk} {args.mode}, exact scores": base,
+                f"K={args.topk} {args.mode}, q8_0 copy": base.replace(score_type="q8_0"),
                 f"K={args.topk} {args.mode}, q4_0 copy": base.replace(score_type="q4_0")}
     for r in [int(r) for r in args.sparq_r.split(",") if r]:
         settings[f"K={args.topk} {args.mode}, sparq r={r}"] = base.replace(sparq_r=r)
