@@ -87,6 +87,7 @@ def test_server_without_sparsek_flags_reports_it_off(patched_build: builds.Build
     ("--sparsek-topk", "-1", "--sparsek-topk must be >= 0"),
     ("--sparsek-mode", "diagonal", "--sparsek-mode must be head, group or token"),
     ("--sparsek-window", "-3", "--sparsek-window must be >= 0"),
+    ("--sparsek-sparq-shared", "2", "--sparsek-sparq-shared must be 0 or 1"),
 ])
 def test_server_refuses_bad_settings(patched_build: builds.Build, model: Path, flag: str, value: str,
                                      message: str) -> None:

@@ -125,3 +125,17 @@ def test_llama_bench_sweeps_stride_and_sinks(patched_build: Build, model: Path) 
         bad = subprocess.run([str(patched_build.tool("llama-bench")), "-m", str(model), flag, "-1"],
                              capture_output=True, text=True, check=False)
         assert bad.returncode != 0, flag
+
+
+def test_llama_bench_sweeps_sparq_shared_and_refuses_other_values(patched_build: Build, model: Path) -> None:
+    import json
+
+    proc = subprocess.run([str(patched_build.tool("llama-bench")), "-m", str(model), "-p", "0", "-n", "2",
+                           "-r", "1", "-t", "2", "-sk", "16", "-skm", "group", "-sksr", "8", "-sksq", "0,1",
+                           "-o", "json"], capture_output=True, text=True, check=True)
+    records = json.loads(proc.stdout)
+    assert [(r["sparsek_sparq_r"], r["sparsek_sparq_shared"]) for r in records] == [(8, 0), (8, 1)]
+    bad = subprocess.run([str(patched_build.tool("llama-bench")), "-m", str(model), "-sksq", "2"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
+    assert "invalid parameter for argument: -sksq" in bad.stdout + bad.stderr
