@@ -293,6 +293,23 @@ def step_profile(a: argparse.Namespace) -> None:
     write_report(a, "gpu_profile", doc, md)
 
 
+def score_flags(st: str) -> tuple[list[str], list[str], str]:
+    """A --score-types entry as (llama-bench flags, llama.cpp common flags, label suffix): none, f16, q8_0, q4_0 (a
+    copy of K in that type), or sparqR / sparqR-shared (SparQ from R components, each query head's own or shared by
+    a KV head's query heads)."""
+    m = re.fullmatch(r"sparq(\d+)(-shared)?", st)
+    if m:
+        shared = "1" if m.group(2) else "0"
+        return (["-skst", "none", "-sksr", m.group(1), "-sksq", shared],
+                ["--sparsek-sparq-r", m.group(1), "--sparsek-sparq-shared", shared],
+                f" sparq r={m.group(1)}" + (" shared" if m.group(2) else ""))
+    if st not in ("none", "f16", "q8_0", "q4_0"):
+        raise SystemExit(f"unknown score type {st!r}: none, f16, q8_0, q4_0, sparqR or sparqR-shared")
+    if st == "none":
+        return ["-skst", st], [], ""
+    return ["-skst", st], ["--sparsek-score-type", st], f" {st} copy"
+
+
 def step_bench(a: argparse.Namespace) -> None:
     work = Path(a.work)
     model = work / f"random-{a.shape}-{a.quant}.gguf"
@@ -306,9 +323,9 @@ def step_bench(a: argparse.Namespace) -> None:
     for k in [int(v) for v in a.topk.split(",")]:
         for mode in a.modes.split(","):
             for st in a.score_types.split(","):
-                label = f"K={k} {mode}" + ("" if st == "none" else f" {st} copy") + \
-                    (f" ub<={a.max_ubatch}" if a.max_ubatch else "")
-                flags = ["-sk", str(k), "-skm", mode, "-skst", st, *policy]
+                bench_flags, _, suffix = score_flags(st)
+                label = f"K={k} {mode}{suffix}" + (f" ub<={a.max_ubatch}" if a.max_ubatch else "")
+                flags = ["-sk", str(k), "-skm", mode, *bench_flags, *policy]
                 configs.append(("patched", flags, label, LISTS_ON))
                 if a.lists_ab:
                     configs.append(("patched", flags, label + " lists off", LISTS_OFF))
@@ -476,9 +493,9 @@ def step_ppl(a: argparse.Namespace) -> None:
     for k in [int(v) for v in a.topk.split(",")]:
         for mode in a.modes.split(","):
             for st in a.score_types.split(","):
-                configs.append((f"K={k} {mode}" + ("" if st == "none" else f" {st} copy"),
-                                ["--sparsek-topk", str(k), "--sparsek-mode", mode,
-                                 *([] if st == "none" else ["--sparsek-score-type", st])]))
+                _, common_flags, suffix = score_flags(st)
+                configs.append((f"K={k} {mode}{suffix}",
+                                ["--sparsek-topk", str(k), "--sparsek-mode", mode, *common_flags]))
     rows = []
     for label, extra in configs:
         row: dict = {"config": label}
@@ -517,7 +534,8 @@ def main() -> int:
     ap.add_argument("--depths", default="0,8192,32768")
     ap.add_argument("--topk", default="256,1024,4096")
     ap.add_argument("--modes", default="token,group,head")
-    ap.add_argument("--score-types", default="none", help="comma-separated: none (score from K), f16, q8_0, q4_0")
+    ap.add_argument("--score-types", default="none", help="comma-separated: none (score from K), f16, q8_0, q4_0, "
+                    "sparqR, sparqR-shared (SparQ from R components)")
     ap.add_argument("--max-ubatch", type=int, default=0, help="Sparse-K only for ubatches of <= N tokens (0: all)")
     ap.add_argument("--step-ms", type=float, default=1000 / 174.4, help="profile: a stock decode step in ms "
                     "(default: 1000/174.4, stock tg64 at depth 32768 on the H100, results/gpu-h100-score-copy.md)")

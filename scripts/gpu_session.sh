@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
-# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|B|C
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|B|S|C
 set -u
 W=/tmp/pysparsek-gpu
 OUT=${OUT:-reports/gpu}
@@ -30,6 +30,11 @@ B)
   python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
     --score-types none,q4_0 --max-ubatch 1 --lists-ab --reps 2 --rounds 2 --out "$OUT" 2>&1 | tail -40
   python3 scripts/gpu_bench.py profile --out "$OUT" 2>&1 | tail -60
+  ;;
+S)  # SparQ (issue #21) on the GPU, after A or L on the same machine: decode at 131072 against dense, score pass times
+  python3 scripts/gpu_bench.py bench --flavors patched --depths 131072 --topk 4096 --modes group \
+    --score-types q4_0,sparq16,sparq16-shared --max-ubatch 1 --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/s" 2>&1 | tail -20
+  python3 scripts/gpu_bench.py profile --out "$OUT/s" 2>&1 | grep -iE "sparq|SPARSEK_MASK|MUL_MAT" | tail -30
   ;;
 C)
   python3 scripts/gpu_bench.py bench --flavors patched --depths 131072 --topk 4096 --modes group \

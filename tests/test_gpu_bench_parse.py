@@ -87,3 +87,15 @@ def test_decode_split_takes_the_dense_baseline_and_the_selection_with_attention(
     q4 = gpu_bench.decode_split({"rows": rows}, bench, 32768, 1024, "q4_0", 32)
     assert q4["baseline"] == "dense" and abs(q4["path_in_graph_us"] - 70.0) < 1e-9
     assert (q4["select_fa_us"], q4["select_fa_lists_off_us"]) == (20.0, 30.0)
+
+
+def test_score_types_map_to_flags() -> None:
+    """gpu_bench's --score-types entries become the same setting in llama-bench and in the common tools."""
+    assert gpu_bench.score_flags("none") == (["-skst", "none"], [], "")
+    assert gpu_bench.score_flags("q4_0") == (["-skst", "q4_0"], ["--sparsek-score-type", "q4_0"], " q4_0 copy")
+    assert gpu_bench.score_flags("sparq16-shared") == (
+        ["-skst", "none", "-sksr", "16", "-sksq", "1"], ["--sparsek-sparq-r", "16", "--sparsek-sparq-shared", "1"],
+        " sparq r=16 shared")
+    assert gpu_bench.score_flags("sparq8")[0] == ["-skst", "none", "-sksr", "8", "-sksq", "0"]
+    with pytest.raises(SystemExit, match="unknown score type 'q5'"):
+        gpu_bench.score_flags("q5")
