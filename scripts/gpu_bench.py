@@ -36,6 +36,10 @@ import tarfile
 import time
 from pathlib import Path
 
+# the settings' spellings (flags, llama-bench sweep flags) come from the one settings type; it needs only the stdlib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pysparsek.sparsek.settings import BY_NAME, SCORE_TYPES, SparsekSettings
+
 SHAPES = {
     # name: n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, rope_base
     "llama3-8b": (32, 4096, 32, 8, 14336, 128256, 500000.0),
@@ -299,15 +303,18 @@ def score_flags(st: str) -> tuple[list[str], list[str], str]:
     a KV head's query heads)."""
     m = re.fullmatch(r"sparq(\d+)(-shared)?", st)
     if m:
-        shared = "1" if m.group(2) else "0"
-        return (["-skst", "none", "-sksr", m.group(1), "-sksq", shared],
-                ["--sparsek-sparq-r", m.group(1), "--sparsek-sparq-shared", shared],
-                f" sparq r={m.group(1)}" + (" shared" if m.group(2) else ""))
-    if st not in ("none", "f16", "q8_0", "q4_0"):
-        raise SystemExit(f"unknown score type {st!r}: none, f16, q8_0, q4_0, sparqR or sparqR-shared")
-    if st == "none":
-        return ["-skst", st], [], ""
-    return ["-skst", st], ["--sparsek-score-type", st], f" {st} copy"
+        s = SparsekSettings(score_type="none", sparq_r=int(m.group(1)), sparq_shared=int(bool(m.group(2))))
+        suffix = f" sparq r={m.group(1)}" + (" shared" if m.group(2) else "")
+    elif st in SCORE_TYPES:
+        s = SparsekSettings(score_type=st)
+        suffix = "" if st == "none" else f" {st} copy"
+    else:
+        raise SystemExit(f"unknown score type {st!r}: {', '.join(SCORE_TYPES)}, sparqR or sparqR-shared")
+    given = s.given()
+    bench = [x for name, value in given.items() for x in (BY_NAME[name].bench_flag, str(value))]
+    # llama-bench sweeps every value given; the common tools get only what differs from llama.cpp's defaults
+    common = SparsekSettings(**{n: v for n, v in given.items() if v != BY_NAME[n].default}).flags()
+    return bench, common, suffix
 
 
 def step_bench(a: argparse.Namespace) -> None:

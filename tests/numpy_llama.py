@@ -186,9 +186,9 @@ def sparq_scores(q: np.ndarray, k: np.ndarray, r: int, per_kv_head: bool = False
     each query head, the r components i_r with the largest |q|; the score is q[i_r].k[i_r], times
     sqrt(|q|_1 / |q[i_r]|_1) (the paper's softmax temperature sqrt(d |q[i_r]|_1 / |q|_1) in place of sqrt(d); the
     caller divides by sqrt(d)). A positive factor per head and query: it changes no head's own ranking, only how
-    heads pool by probability. k [key, kv head, d] as the copy holds it (F16). `per_kv_head` (the rule of the modes
-    whose query heads of a KV head select together, group and token): those heads share r components, the ones
-    with the largest sum of |q| over them (the r channel rows are then read once per KV head)."""
+    heads pool by probability. k [key, kv head, d] as the copy holds it (F16). `per_kv_head` (sparq_shared, in the
+    modes whose query heads of a KV head select together, group and token): those heads share r components, the
+    ones with the largest sum of |q| over them (the r channel rows are then read once per KV head)."""
     n_q, n_head, d = q.shape
     group = n_head // k.shape[1]
     r = min(r, d)

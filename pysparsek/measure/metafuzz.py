@@ -33,14 +33,13 @@ from typing import Any
 import gguf
 
 from pysparsek.data import tiny_model
-from pysparsek.sparsek.settings import BY_NAME, FIELDS, MODES, SCORE_TYPES, SparsekSettings
+from pysparsek.sparsek.settings import BY_NAME, FIELDS, INT32_MAX, MODES, SCORE_TYPES, UINT32_MAX, SparsekSettings
 
 T = gguf.GGUFValueType
 PREFIX = f"{tiny_model.ARCH}.attention.sparsek."
-INT32_MAX = 2**31 - 1
 HEAD_DIMS = (32, 32, 48, 16)   # 48 and 16 are not multiples of a quantized type's block (32)
 INT_EDGES = (0, 1, 2, 3, 4, 8, 16, 31, 32, 33, 63, 64, 255, 256, 4096, 65535, INT32_MAX - 1, INT32_MAX, 2**31,
-             2**32 - 2, 2**32 - 1)
+             UINT32_MAX - 1, UINT32_MAX)
 STRING_EDGES: tuple[str | bytes, ...] = (
     "", "head", "group", "token", "none", "f16", "q8_0", "q4_0", "q4_1", "bf16", "f32", "HEAD", "Group", " group",
     "group ", "group\x00", "group\x00token", "q4_0\x00", "x" * 5000, "gröup", b"\xff\xfe", b"gr\xc3", "64", "-1",

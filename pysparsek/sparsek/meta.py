@@ -21,7 +21,6 @@ from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metada
 from pysparsek.errors import UserError
 from pysparsek.sparsek.settings import BY_NAME, FIELDS, Field, SettingsError, SparsekSettings, gguf_key
 
-INT32_MAX = 2**31 - 1
 QUANT_BLOCK = 32                      # q8_0 and q4_0 blocks: the head size must be a multiple
 QUANTIZED_SCORE_TYPES = ("q8_0", "q4_0")
 
