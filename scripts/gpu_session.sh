@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
-# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|B|S|C
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|F|B|S|C
 set -u
 W=/tmp/pysparsek-gpu
 OUT=${OUT:-reports/gpu}
@@ -30,6 +30,13 @@ B)
   python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
     --score-types none,q4_0 --max-ubatch 1 --lists-ab --reps 2 --rounds 2 --out "$OUT" 2>&1 | tail -40
   python3 scripts/gpu_bench.py profile --out "$OUT" 2>&1 | tail -60
+  ;;
+F)  # after A or L on the same machine: SPARSEK_FLASH_ATTN on CUDA with the gather lists off, then on
+  for lists in 0 1; do
+    echo "== GGML_CUDA_SPARSEK_LIST=$lists"
+    GGML_CUDA_SPARSEK_LIST=$lists "$W/build-patched/bin/test-backend-ops" test -b CUDA0 -o SPARSEK_FLASH_ATTN 2>&1 |
+      grep -E "OK|FAIL|passed|ERR" | cut -c1-260
+  done
   ;;
 S)  # SparQ (issue #21) on the GPU, after A or L on the same machine: decode at 131072 against dense, score pass times
   python3 scripts/gpu_bench.py bench --flavors patched --depths 131072 --topk 4096 --modes group \
