@@ -14,6 +14,9 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
           CPU reference, timed for the copy's layout today and head-major
   score_harness  the scoring experiment of issue #18 (scripts/cuda/sparsek_score_harness.cu): how fast the blocks
           that select could score a row from the q4_0 copy of K themselves; checked against a CPU reference
+  decode_harness  the sparse decode flash attention kernel (scripts/cuda/sparse_decode_fa_harness.cu against the
+          patched tree's fattn-sparse-decode.cuh): one decoded token over gather lists, checked against a CPU
+          reference in double, timed at decode shapes warm and cold
   split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
           a bench JSON (--profile-json, --bench-json; runs anywhere)
   harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
@@ -227,6 +230,8 @@ PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(327
 # and off again for the A/B (flash attention compacts the mask, as before the patch)
 LISTS_ON = {"GGML_CUDA_SPARSEK_LIST": "1"}
 LISTS_OFF = {"GGML_CUDA_SPARSEK_LIST": "0"}
+# decode attention through the MMA kernel's gather instead of the sparse decode kernel (fattn-sparse-decode.cuh)
+MMA_GATHER = {"GGML_CUDA_SPARSE_DECODE": "0"}
 PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
 
 
@@ -336,6 +341,8 @@ def step_bench(a: argparse.Namespace) -> None:
                 configs.append(("patched", flags, label, LISTS_ON))
                 if a.lists_ab:
                     configs.append(("patched", flags, label + " lists off", LISTS_OFF))
+                if a.decode_ab:
+                    configs.append(("patched", flags, label + " MMA gather", {**LISTS_ON, **MMA_GATHER}))
     samples: dict[tuple[str, str, int], list[float]] = {}
     raw: list[dict] = []
     for r in range(a.rounds):
@@ -447,6 +454,7 @@ def step_split(a: argparse.Namespace) -> None:
 HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
 SCORE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_score_harness.cu"
 FUSED_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_fused_harness.cu"
+DECODE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparse_decode_fa_harness.cu"
 
 
 def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
@@ -484,6 +492,15 @@ def step_fused_harness(a: argparse.Namespace) -> None:
     ggml = tree(work, "patched") / "ggml"
     run_harness(a, work / "sparsek_fused_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
                                                     f"-I{ggml / 'src' / 'ggml-cuda'}", str(FUSED_HARNESS)])
+
+
+def step_decode_harness(a: argparse.Namespace) -> None:
+    """The sparse decode flash attention kernel (scripts/cuda/sparse_decode_fa_harness.cu against the patched tree's
+    fattn-sparse-decode.cuh): checked against a CPU reference, then timed at decode shapes."""
+    work = unpack(a)
+    ggml = tree(work, "patched") / "ggml"
+    run_harness(a, work / "sparse_decode_fa_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
+                                                       f"-I{ggml / 'src' / 'ggml-cuda'}", str(DECODE_HARNESS)])
 
 
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
@@ -531,7 +548,7 @@ def step_ppl(a: argparse.Namespace) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "score_harness",
-                                     "fused_harness", "split", "all"])
+                                     "fused_harness", "decode_harness", "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")
@@ -555,6 +572,9 @@ def main() -> int:
     ap.add_argument("--lists-ab", action="store_true",
                     help="bench: each Sparse-K config with the selection's gather lists (GGML_CUDA_SPARSEK_LIST=1, "
                          "as every run here) and also without (sparse flash attention compacts the mask)")
+    ap.add_argument("--decode-ab", action="store_true",
+                    help="bench: each Sparse-K setting also with decode attention through the MMA kernel's gather "
+                         "(GGML_CUDA_SPARSE_DECODE=0) instead of the sparse decode kernel")
     ap.add_argument("--gather-check", action="store_true",
                     help="bench: also a short verbose decode per patched config, counting sparse FA gather log lines")
     ap.add_argument("--profile-json", help="split: a profile step's gpu_profile.json")

@@ -31,27 +31,30 @@ B)
     --score-types none,q4_0 --max-ubatch 1 --lists-ab --reps 2 --rounds 2 --out "$OUT" 2>&1 | tail -40
   python3 scripts/gpu_bench.py profile --out "$OUT" 2>&1 | tail -60
   ;;
-D)  # diagnose SPARSEK_FLASH_ATTN on CUDA (GROUP differed from the CPU from run to run): build, the cases
-  # repeated with the lists off and on and with programmatic dependent launch off, compute-sanitizer on one
-  # failing GROUP case, then the usual check, model and lists A/B
+D)  # the sparse decode FA kernel (harness, then in llama.cpp) and the diagnosis of SPARSEK_FLASH_ATTN through the
+  # MMA gather (GROUP differed from the CPU from run to run): build, harness, test-backend-ops, decode A/B, initcheck
   python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &
   python3 scripts/gpu_bench.py build --flavors patched --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
   wait
   python3 scripts/gpu_bench.py model --out "$OUT" > "$OUT/model.log" 2>&1 &
+  python3 scripts/gpu_bench.py decode_harness --out "$OUT" 2>&1 | tail -45
   T="$W/build-patched/bin/test-backend-ops"
-  for e in "GGML_CUDA_SPARSEK_LIST=0" "GGML_CUDA_SPARSEK_LIST=0" "GGML_CUDA_SPARSEK_LIST=1" \
-           "GGML_CUDA_SPARSEK_LIST=0 GGML_CUDA_PDL=0" "GGML_CUDA_SPARSEK_LIST=1 GGML_CUDA_PDL=0"; do
-    echo "== $e"
-    env $e timeout 120 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN 2>&1 | grep -E "OK|FAIL|passed|ERR" | cut -c1-300
+  echo "== FLASH_ATTN_EXT with gather lists (decode: the sparse decode kernel)"
+  timeout 150 "$T" test -b CUDA0 -o FLASH_ATTN_EXT -p "n_kv_max=[1-9]" 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
+  for e in "GGML_CUDA_SPARSEK_LIST=0" "GGML_CUDA_SPARSEK_LIST=1"; do
+    echo "== SPARSEK_FLASH_ATTN $e (sparse decode kernel)"
+    env $e timeout 120 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
   done
-  for tool in initcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool (GROUP, 5000 cells, sparse gather)"
-    GGML_CUDA_SPARSEK_LIST=0 timeout 100 compute-sanitizer --tool $tool --print-limit 12 "$T" test -b CUDA0 \
-      -o SPARSEK_FLASH_ATTN -p "n_kv=5000,.*mode=1,.*sparse=1" 2>&1 | grep -v "^ *$" | tail -45
+  for e in "GGML_CUDA_SPARSE_DECODE=0" "GGML_CUDA_SPARSE_DECODE=0" "GGML_CUDA_SPARSE_DECODE=0 GGML_CUDA_PDL=0"; do
+    echo "== SPARSEK_FLASH_ATTN $e (MMA gather), 32768/5000/4096 cells"
+    env $e timeout 90 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN -p "n_kv=(32768|5000|4096)," 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
   done
-  wait; tail -3 "$OUT/model.log"
+  wait; tail -2 "$OUT/model.log"
   python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
-    --score-types q4_0 --max-ubatch 1 --lists-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/a" 2>&1 | tail -8
+    --score-types q4_0 --max-ubatch 1 --decode-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/a" 2>&1 | tail -8
+  echo "== compute-sanitizer --tool initcheck (MMA gather, GROUP, 5000 cells)"
+  GGML_CUDA_SPARSE_DECODE=0 timeout 80 compute-sanitizer --tool initcheck --print-limit 10 "$T" test -b CUDA0 \
+    -o SPARSEK_FLASH_ATTN -p "n_kv=5000,.*mode=1,.*sparse=1" 2>&1 | grep -v "^ *$" | tail -40
   ;;
 F)  # after A or L on the same machine: SPARSEK_FLASH_ATTN on CUDA with the gather lists off, then on
   for lists in 0 1; do
