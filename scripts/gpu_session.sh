@@ -45,13 +45,15 @@ D)  # the sparse decode FA kernel (harness, then in llama.cpp) and the diagnosis
     echo "== SPARSEK_FLASH_ATTN $e (sparse decode kernel)"
     env $e timeout 120 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
   done
-  for e in "GGML_CUDA_SPARSE_DECODE=0" "GGML_CUDA_SPARSE_DECODE=0" "GGML_CUDA_SPARSE_DECODE=0 GGML_CUDA_PDL=0"; do
+  for e in "GGML_CUDA_SPARSE_DECODE=0" "GGML_CUDA_SPARSE_DECODE=0 GGML_CUDA_PDL=0"; do
     echo "== SPARSEK_FLASH_ATTN $e (MMA gather), 32768/5000/4096 cells"
     env $e timeout 90 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN -p "n_kv=(32768|5000|4096)," 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
   done
   wait; tail -2 "$OUT/model.log"
   python3 scripts/gpu_bench.py bench --flavors patched --depths 32768 --topk 1024 --modes group \
     --score-types q4_0 --max-ubatch 1 --decode-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/a" 2>&1 | tail -8
+  python3 scripts/gpu_bench.py bench --flavors patched --depths 131072 --topk 4096 --modes group \
+    --score-types q4_0 --max-ubatch 1 --decode-ab --n-prompt 0 --reps 1 --rounds 1 --out "$OUT/c" 2>&1 | tail -8
   echo "== compute-sanitizer --tool initcheck (MMA gather, GROUP, 5000 cells)"
   GGML_CUDA_SPARSE_DECODE=0 timeout 80 compute-sanitizer --tool initcheck --print-limit 10 "$T" test -b CUDA0 \
     -o SPARSEK_FLASH_ATTN -p "n_kv=5000,.*mode=1,.*sparse=1" 2>&1 | grep -v "^ *$" | tail -40
