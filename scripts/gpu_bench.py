@@ -230,6 +230,8 @@ PROFILE_CASES = [("SPARSEK_MASK", r"ne=\[(32768|131072),"), ("MUL_MAT", r"m=(327
 # and off again for the A/B (flash attention compacts the mask, as before the patch)
 LISTS_ON = {"GGML_CUDA_SPARSEK_LIST": "1"}
 LISTS_OFF = {"GGML_CUDA_SPARSEK_LIST": "0"}
+# labels of a setting's A/B variants in bench rows
+VARIANT_SUFFIXES = (" lists off", " MMA gather")
 # decode attention through the MMA kernel's gather instead of the sparse decode kernel (fattn-sparse-decode.cuh)
 MMA_GATHER = {"GGML_CUDA_SPARSE_DECODE": "0"}
 PERF_LINE = re.compile(r"^\s*(\w+)\((.*)\):\s+(\d+) runs -\s+([\d.]+) us/run")
@@ -340,9 +342,9 @@ def step_bench(a: argparse.Namespace) -> None:
                 flags = ["-sk", str(k), "-skm", mode, *bench_flags, *policy]
                 configs.append(("patched", flags, label, LISTS_ON))
                 if a.lists_ab:
-                    configs.append(("patched", flags, label + " lists off", LISTS_OFF))
+                    configs.append(("patched", flags, label + VARIANT_SUFFIXES[0], LISTS_OFF))
                 if a.decode_ab:
-                    configs.append(("patched", flags, label + " MMA gather", {**LISTS_ON, **MMA_GATHER}))
+                    configs.append(("patched", flags, label + VARIANT_SUFFIXES[1], {**LISTS_ON, **MMA_GATHER}))
     samples: dict[tuple[str, str, int], list[float]] = {}
     raw: list[dict] = []
     for r in range(a.rounds):
@@ -413,7 +415,9 @@ def decode_split(profile: dict, bench: dict, depth: int, top_k: int, score_type:
                  and ("lists=off" in r["params"]) == off]
         pair[off] = statistics.median(times) if times else None
     label = f"K={top_k} group" + (" q4_0 copy" if score_type == "q4_0" else "")
-    tg = {r["config"].split(" ub<=")[0]: r for r in bench["rows"] if r["test"].startswith("tg") and r["depth"] == depth}
+    # the default path only: A/B variants of a setting (" lists off", " MMA gather") would overwrite it
+    tg = {r["config"].split(" ub<=")[0]: r for r in bench["rows"] if r["test"].startswith("tg") and r["depth"] == depth
+          and not r["config"].endswith(VARIANT_SUFFIXES)}
     # stock, or the patched build's dense run (equals stock) where the bench built the patched tree alone
     base = next((r["baseline"] for r in bench["rows"] if r.get("baseline")), "stock")
     if label not in tg or base not in tg:

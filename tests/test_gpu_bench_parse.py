@@ -87,6 +87,11 @@ def test_decode_split_takes_the_dense_baseline_and_the_selection_with_attention(
     q4 = gpu_bench.decode_split({"rows": rows}, bench, 32768, 1024, "q4_0", 32)
     assert q4["baseline"] == "dense" and abs(q4["path_in_graph_us"] - 70.0) < 1e-9
     assert (q4["select_fa_us"], q4["select_fa_lists_off_us"]) == (20.0, 30.0)
+    # the A/B variants of the setting (after it, as bench writes them) never stand in for it
+    for suffix in gpu_bench.VARIANT_SUFFIXES:
+        bench["rows"].append({"config": f"K=1024 group q4_0 copy ub<=1{suffix}", "test": "tg64", "depth": 32768,
+                              "tokens_per_s": 1e6 / 6000, "baseline": "dense"})
+    assert abs(gpu_bench.decode_split({"rows": rows}, bench, 32768, 1024, "q4_0", 32)["path_in_graph_us"] - 70.0) < 1e-9
 
 
 def test_score_types_map_to_flags() -> None:
