@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session's steps for issue #18, each a single `run` call (the machine stays up between them only
-# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|D|F|B|S|C
+# while calls follow within ~30 s). Reports go to $OUT. Usage: scripts/gpu_session.sh H|A|L|D|V|F|B|S|C
 set -u
 W=/tmp/pysparsek-gpu
 OUT=${OUT:-reports/gpu}
@@ -57,6 +57,26 @@ D)  # the sparse decode FA kernel (harness, then in llama.cpp) and the diagnosis
   echo "== compute-sanitizer --tool initcheck (MMA gather, GROUP, 5000 cells)"
   GGML_CUDA_SPARSE_DECODE=0 timeout 80 compute-sanitizer --tool initcheck --print-limit 10 "$T" test -b CUDA0 \
     -o SPARSEK_FLASH_ATTN -p "n_kv=5000,.*mode=1,.*sparse=1" 2>&1 | grep -v "^ *$" | tail -40
+  ;;
+V)  # verify (next session): build patched and stock, the op tests with the corrected SPARSEK_FLASH_ATTN (lists off
+  # and on, decode kernel and MMA gather), then decode vs stock at 32768 (2 x 2)
+  python3 -c "import sys;sys.path.insert(0,'scripts');import gpu_bench as g;from pathlib import Path as P;w=P('$W');g.write_random_gguf(w/'random-llama3-8b-q8_0.gguf','llama3-8b',w/'llama.cpp-patched/gguf-py')" > "$OUT/write_gguf.log" 2>&1 &
+  python3 scripts/gpu_bench.py build --flavors patched,stock --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
+  wait
+  python3 scripts/gpu_bench.py model --out "$OUT" > "$OUT/model.log" 2>&1 &
+  T="$W/build-patched/bin/test-backend-ops"
+  for e in "GGML_CUDA_SPARSEK_LIST=0" "GGML_CUDA_SPARSEK_LIST=1" "GGML_CUDA_SPARSEK_LIST=1 GGML_CUDA_SPARSE_DECODE=0"; do
+    echo "== SPARSEK_FLASH_ATTN $e"
+    env $e timeout 150 "$T" test -b CUDA0 -o SPARSEK_FLASH_ATTN 2>&1 | grep -E "FAIL|passed|ERR" | cut -c1-300
+  done
+  for op in SPARSEK_MASK MUL_MAT SPARQ_SCORE; do
+    echo "== $op"; timeout 150 "$T" test -b CUDA0 -o $op 2>&1 | grep -E "FAIL|passed" | tail -3
+  done
+  echo "== FLASH_ATTN_EXT with gather lists"
+  timeout 150 "$T" test -b CUDA0 -o FLASH_ATTN_EXT -p "n_kv_max=[1-9]" 2>&1 | grep -E "FAIL|passed" | tail -3
+  wait; tail -2 "$OUT/model.log"
+  python3 scripts/gpu_bench.py bench --depths 32768 --topk 1024 --modes group --score-types none,q4_0 \
+    --max-ubatch 1 --decode-ab --reps 2 --rounds 2 --out "$OUT" 2>&1 | tail -16
   ;;
 F)  # after A or L on the same machine: SPARSEK_FLASH_ATTN on CUDA with the gather lists off, then on
   for lists in 0 1; do

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pysparsek.measure import compare, regress
 from pysparsek.measure.perplexity import PerplexityResult
 
@@ -106,9 +108,23 @@ def test_the_default_parts_leave_out_only_the_long_softmax_values() -> None:
     assert len(regress.without_unrun_parts(unmeasured, regress.PARTS, quick=False)) == len(names)
 
 
-def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_path: Path) -> None:
+def test_concurrency_fits_the_cores() -> None:
+    """Two single-threaded runs at a time on two cores; a thread count asked for is kept, with as many runs as fit."""
+    assert regress.concurrency(None, cores=2) == (2, 1)
+    assert regress.concurrency(None, cores=1) == (1, 1)
+    assert regress.concurrency(None, cores=16) == (2, 8)
+    assert regress.concurrency(2, cores=2) == (1, 2)
+    assert regress.concurrency(4, cores=16) == (4, 4)
+    assert regress.concurrency(8, cores=2) == (1, 8)
+
+
+@pytest.mark.parametrize("threads", [2, None])
+def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_path: Path,
+                                                               threads: int | None) -> None:
     """One stock run at ctx 2048 with flash attention serves the perplexity part and the modes: its logits file is
-    kept for the modes' KL (same command), and the modes start no stock run of their own unless run alone."""
+    kept for the modes' KL (same command), and the modes start no stock run of their own unless run alone. The
+    same with runs side by side (threads None: two at a time on two cores): a KL run starts only once stock's
+    logits are written."""
     from pysparsek.llamacpp import build as builds
     from pysparsek.measure import perplexity
 
@@ -125,7 +141,8 @@ def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_
 
     monkeypatch.setattr(perplexity, "measure", fake_measure)
     monkeypatch.setattr(builds, "require", lambda flavor, backend="cpu", tools=None: builds.get(flavor, backend))
-    values, _ = regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", 2, False, lambda _: None,
+    monkeypatch.setattr(regress.os, "cpu_count", lambda: 2)
+    values, _ = regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", threads, False, lambda _: None,
                                 ("perplexity", "modes"))
     stock = [r for r in runs if r[0] == "stock"]
     assert [(c, fa) for _, c, fa, _, _ in stock] == [(512, "off"), (512, "on"), (2048, "on")]
@@ -134,5 +151,5 @@ def test_the_modes_compare_with_the_perplexity_parts_stock_run(monkeypatch, tmp_
     assert "ppl/ctx2048/fa-on/group/k64" in values and not any("/ctx2048/fa-off/" in n for n in values)
 
     runs.clear()
-    regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", 2, False, lambda _: None, ("modes",))
+    regress.measure(tmp_path / "m.gguf", tmp_path / "t.txt", threads, False, lambda _: None, ("modes",))
     assert [(r[0], r[1], r[2]) for r in runs if r[0] == "stock"] == [("stock", 2048, "on")]
