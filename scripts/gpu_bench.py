@@ -17,6 +17,8 @@ Steps (each can be its own call on a machine that stays up between them; `all` r
   decode_harness  the sparse decode flash attention kernel (scripts/cuda/sparse_decode_fa_harness.cu against the
           patched tree's fattn-sparse-decode.cuh): one decoded token over gather lists, checked against a CPU
           reference in double, timed at decode shapes warm and cold
+  sparq_harness  SparQ's score pass (scripts/cuda/sparq_score_harness.cu): the shipped SPARQ_SCORE kernel against
+          a candidate reading the r rows at memory speed, checked against a CPU reference, timed warm and cold
   split   per-layer split of the decode attention path (score / select / sparse FA / rest) from a profile JSON and
           a bench JSON (--profile-json, --bench-json; runs anywhere)
   harness build scripts/cuda/sparsek_select_harness.cu with nvcc against the patched tree's ggml-cuda (seconds, no
@@ -459,6 +461,7 @@ HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_select_harness.cu"
 SCORE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_score_harness.cu"
 FUSED_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparsek_fused_harness.cu"
 DECODE_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparse_decode_fa_harness.cu"
+SPARQ_HARNESS = Path(__file__).resolve().parent / "cuda" / "sparq_score_harness.cu"
 
 
 def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
@@ -507,6 +510,15 @@ def step_decode_harness(a: argparse.Namespace) -> None:
                                                        f"-I{ggml / 'src' / 'ggml-cuda'}", str(DECODE_HARNESS)])
 
 
+def step_sparq_harness(a: argparse.Namespace) -> None:
+    """SparQ's score pass (scripts/cuda/sparq_score_harness.cu): the shipped SPARQ_SCORE kernel and a candidate that
+    reads the r rows at memory speed, both checked against a CPU reference, timed at decode shapes."""
+    work = unpack(a)
+    ggml = tree(work, "patched") / "ggml"
+    run_harness(a, work / "sparq_score_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
+                                                  f"-I{ggml / 'src' / 'ggml-cuda'}", str(SPARQ_HARNESS)])
+
+
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
 
 
@@ -552,7 +564,7 @@ def step_ppl(a: argparse.Namespace) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["build", "check", "model", "bench", "profile", "ppl", "harness", "score_harness",
-                                     "fused_harness", "decode_harness", "split", "all"])
+                                     "fused_harness", "decode_harness", "sparq_harness", "split", "all"])
     ap.add_argument("--bundle", default=".devbundle/llama.cpp-bundle.tar.xz")
     ap.add_argument("--work", default="/tmp/pysparsek-gpu")
     ap.add_argument("--flavors", default="patched,stock")

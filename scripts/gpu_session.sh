@@ -64,6 +64,7 @@ V)  # verify (next session): build patched and stock, the op tests with the corr
   python3 scripts/gpu_bench.py build --flavors patched,stock --out "$OUT" 2>&1 | grep -v "^\[" | tail -20
   wait
   python3 scripts/gpu_bench.py model --out "$OUT" > "$OUT/model.log" 2>&1 &
+  python3 scripts/gpu_bench.py sparq_harness --out "$OUT" 2>&1 | tail -32
   T="$W/build-patched/bin/test-backend-ops"
   for e in "GGML_CUDA_SPARSEK_LIST=0" "GGML_CUDA_SPARSEK_LIST=1" "GGML_CUDA_SPARSEK_LIST=1 GGML_CUDA_SPARSE_DECODE=0"; do
     echo "== SPARSEK_FLASH_ATTN $e"
