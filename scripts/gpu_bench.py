@@ -477,6 +477,12 @@ def run_harness(a: argparse.Namespace, exe: Path, nvcc_args: list[str]) -> None:
         raise SystemExit(f"harness failed (exit {proc.returncode})")
 
 
+def ggml_includes(work: Path) -> list[str]:
+    """nvcc -I flags for the patched tree's ggml headers and ggml-cuda sources (the harnesses include kernels)."""
+    ggml = tree(work, "patched") / "ggml"
+    return [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}", f"-I{ggml / 'src' / 'ggml-cuda'}"]
+
+
 def step_harness(a: argparse.Namespace) -> None:
     work = unpack(a)
     ggml = tree(work, "patched") / "ggml"
@@ -505,18 +511,14 @@ def step_decode_harness(a: argparse.Namespace) -> None:
     """The sparse decode flash attention kernel (scripts/cuda/sparse_decode_fa_harness.cu against the patched tree's
     fattn-sparse-decode.cuh): checked against a CPU reference, then timed at decode shapes."""
     work = unpack(a)
-    ggml = tree(work, "patched") / "ggml"
-    run_harness(a, work / "sparse_decode_fa_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
-                                                       f"-I{ggml / 'src' / 'ggml-cuda'}", str(DECODE_HARNESS)])
+    run_harness(a, work / "sparse_decode_fa_harness", [*ggml_includes(work), str(DECODE_HARNESS)])
 
 
 def step_sparq_harness(a: argparse.Namespace) -> None:
     """SparQ's score pass (scripts/cuda/sparq_score_harness.cu): the shipped SPARQ_SCORE kernel and a candidate that
     reads the r rows at memory speed, both checked against a CPU reference, timed at decode shapes."""
     work = unpack(a)
-    ggml = tree(work, "patched") / "ggml"
-    run_harness(a, work / "sparq_score_harness", [f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
-                                                  f"-I{ggml / 'src' / 'ggml-cuda'}", str(SPARQ_HARNESS)])
+    run_harness(a, work / "sparq_score_harness", [*ggml_includes(work), str(SPARQ_HARNESS)])
 
 
 PPL_LINE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
